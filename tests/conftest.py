@@ -1,0 +1,71 @@
+"""Shared fixtures: an isolated environment, an MNIST mirror, and a reproduced tiny project.
+
+Nothing here reads the machine's git/DVC configuration or writes outside pytest's temporary
+folders. The MNIST mirror is `$MNIST_MIRROR`, else `../shared/mnist` beside the project, else
+synthetic IDX files (then the `download` stage is committed by hand, see `new_project`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import MNIST_FILES, SHARED_MNIST, VENV_BIN, new_project, repro, synthetic_mnist
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Own HOME, git identity and config, DVC config and site cache; analytics off."""
+    home = tmp_path_factory.mktemp("home")
+    (home / ".gitconfig").write_text("")
+    env = {
+        "HOME": str(home),
+        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "Pipeline Tests",
+        "GIT_AUTHOR_EMAIL": "tests@example.invalid",
+        "GIT_COMMITTER_NAME": "Pipeline Tests",
+        "GIT_COMMITTER_EMAIL": "tests@example.invalid",
+        "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"),
+        "DVC_SYSTEM_CONFIG_DIR": str(home / "dvc-system"),
+        "DVC_SITE_CACHE_DIR": str(home / "dvc-site-cache"),
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.delenv("DVCLIVE_TEST", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def mnist_mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
+    """(folder holding the four .gz files, whether they are the official ones)."""
+    env = os.environ.get("MNIST_MIRROR")
+    if env and Path(env).is_dir():
+        return Path(env), True
+    if all((SHARED_MNIST / f"{name}.gz").exists() for name in MNIST_FILES):
+        return SHARED_MNIST, True
+    return synthetic_mnist(tmp_path_factory.mktemp("synthetic-mnist")), False
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory, mnist_mirror) -> Path:
+    """A tiny project after one full `dvc repro` (shared: copy it before changing it)."""
+    repo = new_project(tmp_path_factory.mktemp("reproduced") / "repo", mnist_mirror)
+    repro(repo, mirror=mnist_mirror[0])
+    return repo
+
+
+@pytest.fixture
+def reproduced_copy(reproduced: Path, tmp_path: Path) -> Path:
+    """A private copy of :func:`reproduced` (git history and DVC cache included)."""
+    dest = tmp_path / "repo"
+    shutil.copytree(reproduced, dest, symlinks=True)
+    return dest

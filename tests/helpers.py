@@ -1,0 +1,138 @@
+"""Helpers for the tests: tiny DVC projects, synthetic MNIST files, running git and DVC."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "mnist"
+VENV_BIN = Path(sys.executable).parent
+PROJECT_FILES = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+MNIST_FILES = {
+    "train-images-idx3-ubyte": (60_000, 28, 28),
+    "train-labels-idx1-ubyte": (60_000,),
+    "t10k-images-idx3-ubyte": (10_000, 28, 28),
+    "t10k-labels-idx1-ubyte": (10_000,),
+}
+
+# Small enough to run the whole pipeline in about a minute on two cores.
+TINY_PARAMS: dict[str, Any] = {
+    "data.train_size": 256,
+    "data.val_size": 64,
+    "data.test_size": 128,
+    "dae.epochs": 1,
+    "dae.batch_size": 64,
+    "dae.channels": 8,
+    "vae.epochs": 1,
+    "vae.batch_size": 64,
+    "vae.channels": 8,
+    "vae.latent_dim": 4,
+    "vae.kl_warmup_epochs": 0,
+    "evaluate.batch_size": 64,
+    "evaluate.noise_levels": [0.25, 0.5],
+    "plot.n_digits": 10,
+    "plot.n_prior_samples": 16,
+}
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> None:
+    """Write `array` (uint8) as a gzipped IDX file, the format MNIST ships in."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
+    with gzip.open(path, "wb", mtime=0) as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_mnist(folder: Path, seed: int = 0) -> Path:
+    """Four full-size MNIST-format files of random strokes and labels (not the real digits)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, shape in MNIST_FILES.items():
+        if "labels" in name:
+            array = rng.integers(0, 10, size=shape)
+        else:
+            array = (rng.random(shape) > 0.85) * rng.integers(128, 256, size=shape)
+        write_idx_gz(folder / f"{name}.gz", array)
+    return folder
+
+
+def set_params(repo: Path, changes: dict[str, Any]) -> None:
+    """Set dotted keys (`vae.latent_dim`) in `repo/params.yaml`."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    """Run a command, capturing text output; on failure show it in the assertion."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["git", *args], repo, check=check)
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([str(VENV_BIN / "dvc"), *args], repo, check=check)
+
+
+def ran_stages(output: str) -> list[str]:
+    """Stage names `dvc repro` actually ran, from its "Running stage 'x':" lines."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def new_project(
+    dest: Path, mirror: tuple[Path, bool], params: dict[str, Any] | None = None
+) -> Path:
+    """A git + DVC repo at `dest` holding a copy of the project with tiny params, committed.
+
+    With a synthetic mirror the official MD5s cannot match, so the raw files are placed
+    where `download` writes them and that stage is committed instead of run.
+    """
+    dest.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    set_params(dest, {**TINY_PARAMS, **(params or {})})
+    git(dest, "init", "-q", "-b", "main")
+    folder, official = mirror
+    if not official:
+        raw = dest / "data" / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for name in MNIST_FILES:
+            shutil.copyfile(folder / f"{name}.gz", raw / f"{name}.gz")
+            with gzip.open(folder / f"{name}.gz") as f:
+                (raw / name).write_bytes(f.read())
+        dvc(dest, "commit", "-f", "download")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "tiny project")
+    return dest
+
+
+def repro(repo: Path, *args: str, mirror: Path | None = None, check: bool = True):
+    """`dvc repro` in `repo` with MNIST_MIRROR pointing at `mirror`."""
+    env = {**os.environ, **({"MNIST_MIRROR": str(mirror)} if mirror else {})}
+    return run([str(VENV_BIN / "dvc"), "repro", *args], repo, check=check, env=env)
