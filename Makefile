@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test test-fast lint bench clean
+.PHONY: setup repro test test-fast lint bench gate clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench.throughput
+
+gate: setup  # workspace metrics vs main, tolerances from regression.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.check_regression --rev main
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

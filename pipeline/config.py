@@ -10,9 +10,18 @@ import difflib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from pipeline.runtime import PipelineError
 
@@ -31,6 +40,21 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+MIRROR_SCHEMES = ("http", "https", "file")  # or no scheme: a local folder
+
+
+def _check_mirror(mirror: str) -> str:
+    scheme = urlparse(mirror).scheme
+    if scheme and scheme not in MIRROR_SCHEMES:
+        raise ValueError(
+            f"unsupported scheme {scheme!r} in {mirror!r}: use http(s)://, file:// or a folder"
+        )
+    return mirror
+
+
+Mirror = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(_check_mirror)
+]
 
 
 class ParamsError(PipelineError):
@@ -46,20 +70,11 @@ class Section(BaseModel):
 class DataParams(Section):
     """`download` reads the mirrors and timeout; `make_noisy` reads the split sizes."""
 
-    mirrors: list[str] = Field(min_length=1)
+    mirrors: list[Mirror] = Field(min_length=1)
     timeout_s: PositiveFloat
     train_size: int = Field(gt=0, le=MNIST_TRAIN_IMAGES)
     val_size: int = Field(gt=0, lt=MNIST_TRAIN_IMAGES)
     test_size: int = Field(gt=0, le=MNIST_TEST_IMAGES)
-
-    @model_validator(mode="after")
-    def _fits_in_mnist(self) -> DataParams:
-        if self.train_size + self.val_size > MNIST_TRAIN_IMAGES:
-            raise ValueError(
-                f"train_size + val_size = {self.train_size + self.val_size} exceeds the "
-                f"{MNIST_TRAIN_IMAGES} MNIST training images"
-            )
-        return self
 
 
 class NoiseParams(Section):
@@ -122,31 +137,86 @@ class Params(Section):
     plot: PlotParams
 
     @model_validator(mode="after")
-    def _batches_fit(self) -> Params:
+    def _consistent(self) -> Params:
+        """Checks across keys; each message names every dotted key involved."""
+        data = self.data
+        if data.train_size + data.val_size > MNIST_TRAIN_IMAGES:
+            raise ValueError(
+                f"data.train_size + data.val_size = {data.train_size} + {data.val_size} = "
+                f"{data.train_size + data.val_size} exceeds the {MNIST_TRAIN_IMAGES} MNIST "
+                "training images"
+            )
         for name in ("dae", "vae"):
             size = getattr(self, name).batch_size
-            if size > self.data.train_size:
+            if size > data.train_size:
                 raise ValueError(
                     f"{name}.batch_size = {size} is larger than the training set "
-                    f"(data.train_size = {self.data.train_size})"
+                    f"(data.train_size = {data.train_size})"
                 )
+        too_big = [level for level in self.evaluate.noise_levels if level > 1]
+        if self.noise.kind == "salt_pepper" and too_big:
+            raise ValueError(
+                f"evaluate.noise_levels {too_big} must be <= 1: with noise.kind = salt_pepper "
+                "a level is the fraction of pixels changed"
+            )
         return self
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that rejects a key written twice in one mapping (PyYAML would
+    silently keep the last one, hiding the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Read and validate `path`; raise :class:`ParamsError` naming every bad key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path} not found (run from the project root)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsError(f"{path} cannot be read as UTF-8 text ({e})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+        raise ParamsError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
     return parse_params(raw, source=str(path))
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """`line L, column C: problem (context at line L', column C')`, 1-based like editors."""
+    if not isinstance(e, yaml.MarkedYAMLError) or e.problem_mark is None:
+        return str(e)
+    mark = e.problem_mark
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}"
+    if e.context and e.context_mark is not None:
+        where = f"line {e.context_mark.line + 1}, column {e.context_mark.column + 1}"
+        text += f" ({e.context} at {where})"
+    return text
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate an already-parsed mapping (used by :func:`load_params` and tests)."""
+    if raw is None:
+        raise ParamsError(
+            f"{source} is empty: expected the sections {', '.join(Params.model_fields)}"
+        )
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
@@ -158,9 +228,9 @@ def parse_params(raw: Any, source: str = "params") -> Params:
 
 def _describe(err: dict[str, Any]) -> str:
     """One line per pydantic error: the dotted key, what is wrong and what is allowed."""
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc) or "<top level>"
-    kind = err["type"]
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]  # list indexes dropped
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    kind, value = err["type"], err.get("input")
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
         close = difflib.get_close_matches(loc[-1], allowed, n=1)
@@ -168,9 +238,28 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{key}: unknown key.{hint} Allowed keys: {', '.join(allowed)}"
     if kind == "missing":
         return f"{key}: required key is missing"
-    value = err.get("input")
+    if kind == "value_error":  # a validator's own message, which names the keys involved
+        text = str(err.get("ctx", {}).get("error", err["msg"]))
+        return f"{key}: {text}" if key else text
+    if kind == "model_type":
+        return f"{key}: expected a section (a mapping of keys), got {value!r}"
     shown = "NaN" if isinstance(value, float) and math.isnan(value) else repr(value)
-    return f"{key}: {err['msg']} (got {shown})"
+    return f"{key}: {err['msg']} (got {shown}){_number_hint(kind, value)}"
+
+
+def _number_hint(kind: str, value: Any) -> str:
+    """Why a number was read as a string: quotes, or YAML 1.1's `1e-3` (it needs `1.0e-3`)."""
+    if kind not in ("int_type", "float_type") or not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    if "e" in value.lower() and "." not in value:
+        return "; YAML reads exponent notation without a dot as a string: write e.g. 1.0e-3"
+    return "; write the number without quotes"
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:

@@ -60,6 +60,7 @@ def fetch_mnist(
 
 def _fetch_file(mirror: str, filename: str, md5: str, dest: Path, timeout_s: float) -> None:
     target = dest / filename
+    target.unlink(missing_ok=True)  # download_url would keep any file already there, unchecked
     scheme = urlparse(mirror).scheme
     if scheme in ("http", "https"):
         with _socket_timeout(timeout_s):
@@ -91,7 +92,8 @@ def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         ds = MNIST(str(root), train=train, download=False)
     except Exception as e:
         raise PipelineError(
-            f"MNIST raw files under {root}/MNIST/raw are missing or unreadable ({e}); "
+            f"MNIST raw files under {root}/MNIST/raw are missing or unreadable "
+            f"({str(e) or type(e).__name__}); "
             "run `dvc repro download`"
         ) from e
     return ds.data, ds.targets
@@ -152,7 +154,12 @@ def load_split(path: Path) -> Split:
         for key, dtype in SPLIT_DTYPES.items()
     )
     clean, noisy, labels = (blob[key] for key in SPLIT_DTYPES) if ok else (None, None, None)
-    if not ok or len(labels) == 0 or not clean.shape == noisy.shape == (len(labels), *IMAGE_SHAPE):
+    if not (
+        ok
+        and labels.ndim == 1
+        and len(labels) > 0
+        and clean.shape == noisy.shape == (len(labels), *IMAGE_SHAPE)
+    ):
         raise PipelineError(
             f"{path} does not hold a noisy MNIST split; run `dvc repro make_noisy` to rebuild it"
         )

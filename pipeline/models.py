@@ -193,9 +193,11 @@ def load_model(path: Path, stage: str) -> tuple[Denoiser, dict[str, Any]]:
     """Rebuild a saved model in eval mode; a damaged file names the `stage` that rebuilds it."""
     blob = load_torch(path, made_by=stage)
     try:
+        if not (isinstance(blob, dict) and isinstance(blob.get("spec"), dict)):
+            raise ValueError("no model spec in the file")
         model = build(blob["spec"])
         model.load_state_dict(blob["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
         raise PipelineError(
             f"{path} is not a valid model file ({e}); run `dvc repro {stage}` to rebuild it"
         ) from e

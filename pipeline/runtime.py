@@ -10,6 +10,7 @@ import random
 import shutil
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent)) / path.name
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+        if path.is_dir() and not path.is_symlink():  # os.replace cannot overwrite a folder:
+            path.rename(tmp.parent / f"{path.name}.old")  # move it aside, deleted below
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
@@ -104,10 +105,13 @@ def write_json(path: Path | str, obj: Any) -> None:
 def load_torch(path: Path | str, made_by: str) -> Any:
     """`torch.load` (weights only) whose errors name the file and the stage that rebuilds it."""
     path = Path(path)
-    hint = f"run `dvc repro {made_by}` (or `dvc checkout {path}`) to rebuild it"
+    hint = f"run `dvc repro {made_by}` (or `dvc checkout --force {path}`) to rebuild it"
     if not path.exists():
         raise PipelineError(f"{path} is missing; {hint}")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; anything else is damaged
+        raise PipelineError(f"{path} is truncated or corrupted (not a PyTorch file); {hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise PipelineError(f"{path} is truncated or corrupted ({e}); {hint}") from e
+        reason = str(e).strip().split("\n")[0].split(". ")[0] or type(e).__name__
+        raise PipelineError(f"{path} is truncated or corrupted ({reason}); {hint}") from e

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -54,30 +54,25 @@ def fit(
     """
     order = torch.Generator().manual_seed(seed)
     steps = math.ceil(len(train) / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15
-    )
-    model.to(device)
+    opt, sched = make_optimizer(model, cfg, cfg.epochs * steps)
+    model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU
     train, val = train.to(device), val.to(device)
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
     epochs = tqdm(range(cfg.epochs), desc=f"{name} epochs", unit="epoch")
     for epoch in epochs:
         model.train()
         totals: dict[str, float] = defaultdict(float)
-        perm = torch.randperm(len(train), generator=order).to(device)
-        for step in tqdm(range(steps), desc=f"epoch {epoch + 1}", unit="batch", leave=False):
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            noisy, clean = train.noisy[idx], train.clean[idx]
-            loss, terms = loss_fn(model, noisy, clean, epoch + step / steps)
-            _check_finite(loss, name, epoch, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            for key, value in {"loss": loss, **terms}.items():
-                totals[key] += float(value) * len(idx)
+        batches = epoch_batches(train, cfg.batch_size, order)
+        for step, (noisy, clean) in enumerate(
+            tqdm(batches, total=steps, desc=f"epoch {epoch + 1}", unit="batch", leave=False)
+        ):
+            values = train_step(model, loss_fn, opt, sched, noisy, clean, epoch + step / steps)
+            _check_finite(name, "loss", values["loss"], f"epoch {epoch + 1}, batch {step + 1}")
+            for key, value in values.items():
+                totals[key] += value * len(noisy)
         val_metrics = validate(model, loss_fn, val, cfg.batch_size, cfg.epochs)
+        for key, value in val_metrics.items():  # the last step may have broken the weights
+            _check_finite(name, f"validation {key}", value, f"the end of epoch {epoch + 1}")
         for key, value in totals.items():
             live.log_metric(f"train/{key}", value / len(train))
         for key, value in val_metrics.items():
@@ -87,6 +82,48 @@ def fit(
         epochs.set_postfix(train_loss=totals["loss"] / len(train), val_mse=val_metrics["mse"])
     live.end()
     return val_metrics
+
+
+def make_optimizer(
+    model: nn.Module, cfg: TrainParams, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a one-cycle learning-rate schedule over `total_steps` batches."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15
+    )
+    return opt, sched
+
+
+def epoch_batches(
+    split: Split, batch_size: int, order: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (noisy, clean) batches of in-memory tensors, shuffled by `order`."""
+    perm = torch.randperm(len(split), generator=order).to(split.noisy.device)
+    for start in range(0, len(split), batch_size):
+        idx = perm[start : start + batch_size]
+        yield split.noisy[idx], split.clean[idx]
+
+
+def train_step(
+    model: nn.Module,
+    loss_fn: LossFn,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    noisy: torch.Tensor,
+    clean: torch.Tensor,
+    epochs_done: float,
+) -> dict[str, float]:
+    """One optimisation step; returns the loss and its terms as floats. A non-finite loss
+    leaves the model and optimizer untouched (the caller decides what to do)."""
+    loss, terms = loss_fn(model, noisy, clean, epochs_done)
+    values = {key: float(value.detach()) for key, value in {"loss": loss, **terms}.items()}
+    if math.isfinite(values["loss"]):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return values
 
 
 @torch.no_grad()
@@ -111,9 +148,10 @@ def validate(
     return {key: value / len(split) for key, value in totals.items()}
 
 
-def _check_finite(loss: torch.Tensor, name: str, epoch: int, step: int) -> None:
-    if not torch.isfinite(loss):
+def _check_finite(name: str, what: str, value: float, when: str) -> None:
+    """Stop training with a clear error, before anything is saved, once `value` is NaN or inf."""
+    if not math.isfinite(value):
         raise PipelineError(
-            f"{name} training diverged: loss is {float(loss)} at epoch {epoch + 1}, batch "
-            f"{step + 1}; nothing was saved. Lower {name}.lr in params.yaml and rerun."
+            f"{name} training diverged: {what} is {value} at {when}; nothing was saved. "
+            f"Lower {name}.lr in params.yaml and rerun."
         )

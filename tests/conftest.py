@@ -36,6 +36,9 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         "DVC_NO_ANALYTICS": "1",
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
+        # One torch thread per process: stages run side by side in tests, and results are
+        # bit-identical only for the same thread count (see README, Determinism).
+        "OMP_NUM_THREADS": "1",
     }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():

@@ -16,7 +16,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "mnist"
 VENV_BIN = Path(sys.executable).parent
-PROJECT_FILES = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+PROJECT_FILES = [
+    "pipeline",
+    "dvc.yaml",
+    "params.yaml",
+    "regression.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
 MNIST_FILES = {
     "train-images-idx3-ubyte": (60_000, 28, 28),
     "train-labels-idx1-ubyte": (60_000,),
@@ -49,7 +57,7 @@ def write_idx_gz(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         int(n).to_bytes(4, "big") for n in array.shape
     )
-    with gzip.open(path, "wb", mtime=0) as f:
+    with gzip.GzipFile(path, "wb", mtime=0) as f:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
@@ -101,16 +109,21 @@ def ran_stages(output: str) -> list[str]:
 
 
 def new_project(
-    dest: Path, mirror: tuple[Path, bool], params: dict[str, Any] | None = None
+    dest: Path,
+    mirror: tuple[Path, bool],
+    params: dict[str, Any] | None = None,
+    source: Path = ROOT,
 ) -> Path:
     """A git + DVC repo at `dest` holding a copy of the project with tiny params, committed.
 
-    With a synthetic mirror the official MD5s cannot match, so the raw files are placed
-    where `download` writes them and that stage is committed instead of run.
+    The project files are copied from `source` (another tiny project gives the same code even
+    while this checkout is being edited). With a synthetic mirror the official MD5s cannot
+    match, so the raw files are placed where `download` writes them and that stage is
+    committed instead of run.
     """
     dest.mkdir(parents=True)
     for name in PROJECT_FILES:
-        src = ROOT / name
+        src = source / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:

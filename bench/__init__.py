@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline (not part of the DVC stages)."""
