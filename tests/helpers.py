@@ -74,16 +74,27 @@ def synthetic_mnist(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+DELETE = object()  # as a value in `set_dotted` changes: remove the key
+
+
+def set_dotted(tree: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`vae.latent_dim`) in a nested mapping in place (DELETE removes one)."""
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node[key]
+        if value is DELETE:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return tree
+
+
 def set_params(repo: Path, changes: dict[str, Any]) -> None:
     """Set dotted keys (`vae.latent_dim`) in `repo/params.yaml`."""
     path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+    params = set_dotted(yaml.safe_load(path.read_text()), changes)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

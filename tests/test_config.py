@@ -23,26 +23,15 @@ from pipeline.config import (
     load_params,
     parse_params,
 )
-from tests.helpers import ROOT
+from tests.helpers import DELETE, ROOT, set_dotted
 
 DEFAULT_TEXT = (ROOT / "params.yaml").read_text()
 DEFAULT = yaml.safe_load(DEFAULT_TEXT)
-DELETE = object()  # as a value in `changes`: remove the key
 
 
 def changed(changes: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of the default params with dotted keys set (or removed with DELETE)."""
-    raw = copy.deepcopy(DEFAULT)
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = raw
-        for key in parents:
-            node = node[key]
-        if value is DELETE:
-            del node[leaf]
-        else:
-            node[leaf] = value
-    return raw
+    return set_dotted(copy.deepcopy(DEFAULT), changes)
 
 
 def refusal(raw: Any) -> str:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline.check_regression import Tolerance, UsageError, load_tolerances, lookup
-from tests.helpers import ROOT, VENV_BIN, dvc, git, ran_stages, repro, run
+from tests.helpers import DELETE, ROOT, VENV_BIN, dvc, git, ran_stages, repro, run, set_dotted
 
 e2e = pytest.mark.e2e
 METRICS = "metrics/test.json"
@@ -41,18 +41,8 @@ def statuses(table: str) -> dict[str, str]:
 
 
 def edit_json(path: Path, changes: dict[str, Any]) -> None:
-    """Set (or, with None, delete) dotted keys in a JSON file."""
-    data = json.loads(path.read_text())
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = data
-        for key in parents:
-            node = node[key]
-        if value is None:
-            del node[leaf]
-        else:
-            node[leaf] = value
-    path.write_text(json.dumps(data))
+    """Set (or, with DELETE, remove) dotted keys in a JSON file."""
+    path.write_text(json.dumps(set_dotted(json.loads(path.read_text()), changes)))
 
 
 def watched(repo: Path) -> dict[str, Tolerance]:
@@ -226,7 +216,7 @@ def test_gate_rejects_a_metrics_file_missing_at_the_revision(clone: Path) -> Non
 def test_gate_rejects_a_metric_missing_on_one_side(clone: Path, side: str) -> None:
     if side == "workspace":  # a watched metric the branch no longer writes
         key = "vae.ssim"
-        edit_json(clone / METRICS, {key: None})
+        edit_json(clone / METRICS, {key: DELETE})
     else:  # a newly watched metric that main never had
         key = "dae.sharpness"
         edit_json(clone / METRICS, {key: 1.0})
