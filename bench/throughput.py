@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.datasets import MNIST
 from torchvision.transforms import ToTensor
 
-from pipeline.config import DATA_DIR, NOISY_DIR, Params, TrainParams, load_params
+from pipeline.config import Params, TrainParams, load_params
 from pipeline.data import Split, add_noise, load_mnist, load_split
-from pipeline.models import build, dae_loss, model_spec, vae_loss
-from pipeline.runtime import PipelineError, resolve_device, set_determinism, stage, write_json
-from pipeline.training import LossFn, epoch_batches, make_optimizer, train_step
+from pipeline.errors import PipelineError
+from pipeline.models import LossFn, build, loss_for, model_spec
+from pipeline.paths import DATA_DIR, NOISY_DIR
+from pipeline.runtime import resolve_device, set_determinism, write_json
+from pipeline.training import epoch_batches, make_optimizer, train_step
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 TARGETS = {"speedup": 3.0, "percent_of_matmul": 50.0}
@@ -87,7 +89,9 @@ def step_fn(
 
     def step() -> int:
         noisy, clean = next(batches)
-        if not math.isfinite(train_step(model, loss_fn, opt, sched, noisy, clean, 0.0)["loss"]):
+        if not math.isfinite(
+            float(train_step(model, loss_fn, opt, sched, noisy, clean, 0.0)["loss"])
+        ):
             raise PipelineError("the benchmark's loss is not finite")
         return len(noisy)
 
@@ -161,7 +165,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-@stage
 def main() -> None:
     """Time both loops and the FLOP rates; print the figures, optionally write them as JSON."""
     args, params = parse_args(), load_params()
@@ -170,9 +173,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)  # for both loops (the naive one loads in-process)
     set_determinism(params.seed)  # as train_stage does before fit()
     device = resolve_device(args.device or params.device)
-    loss_fn: LossFn = dae_loss
-    if args.kind == "vae":
-        loss_fn = partial(vae_loss, beta=cfg.beta, warmup_epochs=cfg.kl_warmup_epochs)
+    loss_fn = loss_for(args.kind, cfg)
     split = noisy_train(params).to(device)  # one-off loading: not timed
     tutorial = NoisyDataset(MNIST(str(mnist_root()), transform=ToTensor()), params.noise.std)
     f: dict[str, Any] = dict(torch=torch.__version__, device=str(device))
@@ -207,4 +208,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PipelineError as e:
+        sys.exit(f"error: {e}")

@@ -2,7 +2,9 @@
 
 `python -m pipeline.check_regression [--rev main] [--tolerances FILE] [--summary FILE]` reads the
 metrics through DVC (as `dvc metrics diff` does), prints a markdown table and exits 0 when no
-watched metric is worse by more than max(abs, rel * |old|), 1 when one is, 2 on a usage problem.
+watched metric is worse by more than max(abs, rel * |old|), 1 when one is, 2 on a usage problem
+(explained on one `error:` line; the arguments and the tolerance file are checked before any
+metric is read) and 3 when the gate itself fails unexpectedly (a bug, never a regression).
 """
 
 from __future__ import annotations
@@ -11,18 +13,23 @@ import argparse
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-OK, REGRESSED, USAGE = 0, 1, 2
+from pipeline.yamlio import YAMLFileError, read_yaml
+
+OK, REGRESSED, USAGE, INTERNAL = 0, 1, 2, 3
 WORKSPACE = "workspace"
 
 
 class UsageError(Exception):
-    """The gate cannot compare: bad tolerance file, unknown revision, missing metric."""
+    """The gate cannot compare: bad argument or tolerance file, unknown revision, missing metric.
+
+    Its message is one line.
+    """
 
 
 class Tolerance(BaseModel):
@@ -60,54 +67,94 @@ class Row(NamedTuple):
 
 
 def load_tolerances(path: Path) -> Tolerances:
-    """Read and validate the tolerance file; raise :class:`UsageError` naming every bad entry."""
+    """Read (as YAML 1.2, like params.yaml) and validate the tolerance file; raise
+    :class:`UsageError` naming every bad entry."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"tolerance file {path} not found") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"tolerance file {path} is not valid YAML: {e}") from None
+        raw = read_yaml(path)
+    except YAMLFileError as e:
+        raise UsageError(f"tolerance file {e}") from None
     if not raw:
         raise UsageError(f"tolerance file {path} watches no metrics")
     try:
         return TOLERANCES.validate_python(raw)
     except ValidationError as e:
-        problems = "\n".join(
-            f"  - {': '.join(map(str, err['loc'])) or '<top level>'}: {err['msg']}"
+        problems = "; ".join(
+            f"{': '.join(map(str, err['loc'])) or '<top level>'}: {err['msg']}"
             for err in e.errors()
         )
-        raise UsageError(f"tolerance file {path} has invalid entries:\n{problems}") from None
+        raise UsageError(
+            f"tolerance file {path} has {e.error_count()} invalid entries: {problems}"
+        ) from None
+
+
+def check_summary(path: Path | None) -> None:
+    """Raise :class:`UsageError` unless the report can be appended to `path` (None: no file)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"--summary {path} is a directory, not a file")
+    folder = path.parent
+    if not folder.exists():
+        raise UsageError(f"--summary {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"--summary {path}: {folder} is not a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"--summary {path} is not writable")
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--summary {path}: folder {folder} is not writable")
 
 
 def read_metrics(rev: str, files: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """({file: data} at `rev`, {file: data} in the workspace), read by DVC."""
-    from dvc.exceptions import DvcException
+    from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
 
-    if rev == WORKSPACE:
-        raise UsageError("--rev must be a git revision, not the workspace")
     try:
         with Repo() as repo:
             targets = [os.path.join(repo.root_dir, f) for f in files]
             shown = repo.metrics.show(targets=targets, revs=[rev], hide_workspace=False)
+    except NotDvcRepoError as e:
+        raise UsageError(f"no DVC project here: {one_line(str(e))}") from None
     except DvcException as e:
-        raise UsageError(f"cannot read metrics at revision {rev!r}: {e}") from None
+        raise UsageError(f"cannot read metrics at revision {rev!r}: {one_line(str(e))}") from None
     at_rev = [name for name in shown if name != WORKSPACE]  # DVC names it as it resolved it
     if not at_rev:
         raise UsageError(f"revision {rev!r} holds no DVC project")
     data: dict[str, dict[str, Any]] = {rev: {}, WORKSPACE: {}}
     for side, result in ((rev, shown[at_rev[0]]), (WORKSPACE, shown[WORKSPACE])):
         if "error" in result:
-            raise UsageError(f"cannot load metrics at {side}: {result['error']}")
+            raise UsageError(f"cannot load metrics at {side}: {one_line(str(result['error']))}")
         found = {os.path.normpath(path): r for path, r in result["data"].items()}
         for file in files:
             entry = found.get(os.path.normpath(file), {})
             if "data" not in entry:
                 err = entry.get("error")
                 gone = err is None or isinstance(err, FileNotFoundError)
-                raise UsageError(f"metrics file {file} at {side}: {'not found' if gone else err}")
+                problem = "not found" if gone else unreadable(err)
+                raise UsageError(f"metrics file {file} at {side}: {problem}")
             data[side][file] = entry["data"]
     return data[rev], data[WORKSPACE]
+
+
+def unreadable(err: BaseException) -> str:
+    """Why DVC could not read a metrics file, without the path it puts in its message.
+
+    DVC's `ParseError` names the file relative to the working directory as seen from the root
+    of its repository filesystem ('../../../metrics/test.json'); the caller names the file.
+    """
+    from dvc.utils.serialize import ParseError
+
+    text = str(err)
+    if isinstance(err, ParseError):
+        prefix = f"unable to read: '{err.path}', "
+        reason = text.removeprefix(prefix) if text.startswith(prefix) else text
+        cause = f" ({err.__cause__})" if err.__cause__ else ""
+        text = f"cannot be parsed: {reason}{cause}"
+    return one_line(text)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def lookup(data: Any, key: str) -> float | None:
@@ -130,7 +177,7 @@ def compare(tolerances: Tolerances, old: dict, new: dict, rev: str) -> list[Row]
             if not gone:
                 rows.append(Row(f"{file}: {key}", tolerance, values[rev], values[WORKSPACE]))
     if missing:
-        raise UsageError("\n  ".join(["cannot compare:", *missing]))
+        raise UsageError("cannot compare: " + "; ".join(missing))
     return rows
 
 
@@ -152,25 +199,40 @@ def render(rows: list[Row], rev: str) -> str:
     return "\n".join([*lines, "", f"{failed} of {len(rows)} watched metrics regressed."])
 
 
+def gate(rev: str, tolerance_file: Path, summary: Path | None) -> int:
+    """Check every argument, then compare; print the report and return 0 or 1."""
+    if rev == WORKSPACE:
+        raise UsageError("--rev must be a git revision, not the workspace")
+    check_summary(summary)
+    tolerances = load_tolerances(tolerance_file)
+    rows = compare(tolerances, *read_metrics(rev, list(tolerances)), rev)
+    report = render(rows, rev)
+    if summary is not None:
+        try:
+            with summary.open("a", encoding="utf-8") as f:
+                f.write(report + "\n\n")
+        except OSError as e:
+            raise UsageError(f"--summary {summary} cannot be written: {e.strerror or e}") from None
+    print(report)
+    return REGRESSED if any(row.regressed for row in rows) else OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the gate; return the exit code."""
+    """Run the gate; return the exit code (0, 1 regressed, 2 usage problem, 3 internal error)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rev", default="main", help="git revision to compare with (main)")
     parser.add_argument("--tolerances", type=Path, default=Path("regression.yaml"))
     parser.add_argument("--summary", type=Path, help="also append the table to this file")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # exits 2 on a bad argument
     try:
-        tolerances = load_tolerances(args.tolerances)
-        rows = compare(tolerances, *read_metrics(args.rev, list(tolerances)), args.rev)
+        return gate(args.rev, args.tolerances, args.summary)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE
-    report = render(rows, args.rev)
-    print(report)
-    if args.summary:
-        with args.summary.open("a") as f:
-            f.write(report + "\n\n")
-    return REGRESSED if any(row.regressed for row in rows) else OK
+    except Exception:  # a bug must not read as a regression (Python would exit 1)
+        traceback.print_exc()
+        print("error: the gate failed unexpectedly (a bug, not a regression)", file=sys.stderr)
+        return INTERNAL
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -23,18 +22,19 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.runtime import PipelineError
+from pipeline.errors import PipelineError
+from pipeline.paths import PARAMS_FILE
+from pipeline.yamlio import YAMLFileError, YAMLFileNotFoundError, read_yaml
 
-PARAMS_FILE = Path("params.yaml")
-# Stage inputs and outputs (the same paths dvc.yaml declares), relative to the project root.
-DATA_DIR = Path("data")  # torchvision layout: data/MNIST/raw
-NOISY_DIR = DATA_DIR / "noisy"  # train.pt, val.pt, test.pt
-MODELS_DIR = Path("models")
-METRICS_DIR = Path("metrics")
-TRAIN_LOG_DIR = METRICS_DIR / "train"  # dvclive folders, one per model
-PLOTS_DIR = Path("plots")
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
+# Upper bounds on sizes, so that a typo (latent_dim: 100000) is refused at once instead of
+# failing in the allocator after minutes. Each is far above what fits this task.
+MAX_CHANNELS = 256
+MAX_LATENT = 1024
+MAX_BATCH = 8192
+MAX_EVAL_BATCH = 10_000
+MAX_EPOCHS = 1000
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -94,27 +94,44 @@ class NoiseParams(Section):
 class TrainParams(Section):
     """Optimisation settings shared by both models."""
 
-    epochs: PositiveInt
-    batch_size: PositiveInt
+    epochs: int = Field(gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(gt=0, le=MAX_BATCH)
     lr: PositiveFloat
     weight_decay: NonNegativeFloat
+    fresh_noise: bool  # draw new training noise every epoch (seeded by seed and epoch)
+    precision: Literal["fp32", "bf16"]  # bf16: autocast the forward pass to bfloat16
 
 
 class DAEParams(TrainParams):
     arch: Literal["unet", "reference"]
-    channels: PositiveInt
+    channels: int = Field(gt=0, le=MAX_CHANNELS)  # width of the first level
+    levels: int = Field(ge=0, le=2)  # unet: downsamplings (each halves the size, doubles width)
+    blocks: int = Field(gt=0, le=8)  # unet: blocks per level, encoder and decoder
+    block: Literal["plain", "residual"]  # unet: conv+ReLU, or GroupNorm+SiLU residual pairs
+    fold: Literal[1, 2]  # unet: 2 works at 14x14 (pixel unshuffle), 1 at full 28x28
+
+    @model_validator(mode="after")
+    def _fits_image(self) -> DAEParams:
+        side = 28 // self.fold
+        if self.arch == "unet" and side % 2**self.levels:
+            raise ValueError(
+                f"dae.levels = {self.levels} halves the {side}x{side} feature map "
+                f"(dae.fold = {self.fold}) to an odd size; allowed: dae.levels <= "
+                f"{2 if self.fold == 1 else 1} with dae.fold = {self.fold}"
+            )
+        return self
 
 
 class VAEParams(TrainParams):
     arch: Literal["conv", "reference"]
-    channels: PositiveInt
-    latent_dim: PositiveInt
+    channels: int = Field(gt=0, le=MAX_CHANNELS)
+    latent_dim: int = Field(gt=0, le=MAX_LATENT)
     beta: NonNegativeFloat
     kl_warmup_epochs: int = Field(ge=0)
 
 
 class EvaluateParams(Section):
-    batch_size: PositiveInt
+    batch_size: int = Field(gt=0, le=MAX_EVAL_BATCH)
     blur_sigma: PositiveFloat
     noise_levels: list[NonNegativeFloat] = Field(min_length=1)
 
@@ -162,53 +179,16 @@ class Params(Section):
         return self
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that rejects a key written twice in one mapping (PyYAML would
-    silently keep the last one, hiding the first)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue
-            key = self.construct_object(key_node)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read and validate `path`; raise :class:`ParamsError` naming every bad key."""
-    path = Path(path)
+    """Read `path` as DVC does (YAML 1.2, see `pipeline.yamlio`) and validate it; raise
+    :class:`ParamsError` naming every bad key."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParamsError(f"{path} not found (run from the project root)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ParamsError(f"{path} cannot be read as UTF-8 text ({e})") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
+        raw = read_yaml(path)
+    except YAMLFileNotFoundError as e:
+        raise ParamsError(f"{e} (run from the project root)") from None
+    except YAMLFileError as e:
+        raise ParamsError(str(e)) from None
     return parse_params(raw, source=str(path))
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """`line L, column C: problem (context at line L', column C')`, 1-based like editors."""
-    if not isinstance(e, yaml.MarkedYAMLError) or e.problem_mark is None:
-        return str(e)
-    mark = e.problem_mark
-    text = f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}"
-    if e.context and e.context_mark is not None:
-        where = f"line {e.context_mark.line + 1}, column {e.context_mark.column + 1}"
-        text += f" ({e.context} at {where})"
-    return text
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
@@ -248,18 +228,15 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def _number_hint(kind: str, value: Any) -> str:
-    """Why a number was read as a string: quotes, or YAML 1.1's `1e-3` (it needs `1.0e-3`)."""
+    """Why a number was read as a string: it was quoted (YAML 1.2, as DVC reads it, takes
+    `1e-3`, `010` and `.5` as numbers)."""
     if kind not in ("int_type", "float_type") or not isinstance(value, str):
         return ""
     try:
         number = float(value)
     except ValueError:
         return ""
-    if not math.isfinite(number):
-        return ""
-    if "e" in value.lower() and "." not in value:
-        return "; YAML reads exponent notation without a dot as a string: write e.g. 1.0e-3"
-    return "; write the number without quotes"
+    return "; write the number without quotes" if math.isfinite(number) else ""
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import socket
 import sys
@@ -15,7 +16,8 @@ import torch
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
-from pipeline.runtime import PipelineError, load_torch, save_torch
+from pipeline.errors import PipelineError
+from pipeline.runtime import load_torch
 
 DEFAULT_MIRRORS: tuple[str, ...] = tuple(MNIST.mirrors)
 RESOURCES: tuple[tuple[str, str], ...] = tuple(MNIST.resources)  # (file name, md5)
@@ -99,6 +101,13 @@ def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return ds.data, ds.targets
 
 
+def derive_seed(seed: int, *tags: object) -> int:
+    """A seed for one named stream of randomness (`derive_seed(seed, "train-noise", epoch)`),
+    independent of the other streams and of the platform."""
+    digest = hashlib.sha256(repr((seed, *tags)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def add_noise(
     clean: torch.Tensor, kind: str, level: float, clip: bool, generator: torch.Generator
 ) -> torch.Tensor:
@@ -135,12 +144,13 @@ class Split:
 
 
 def save_split(path: Path, clean: torch.Tensor, noisy: torch.Tensor, labels: torch.Tensor) -> None:
-    """Store compactly and atomically: clean and labels as uint8, noisy as float16."""
-    save_torch(
+    """Store compactly: clean and labels as uint8, noisy as float16. Each tensor is copied
+    into storage of its own, so a slice does not save the whole tensor it was cut from."""
+    torch.save(
         {
-            "clean": clean.to(torch.uint8).contiguous(),
-            "noisy": noisy.to(torch.float16).contiguous(),
-            "labels": labels.to(torch.uint8).contiguous(),
+            "clean": clean.to(torch.uint8).clone(),
+            "noisy": noisy.to(torch.float16).clone(),
+            "labels": labels.to(torch.uint8).clone(),
         },
         path,
     )

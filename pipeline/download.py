@@ -1,14 +1,18 @@
 """Stage `download`: the official MNIST files into data/MNIST/raw, MD5-checked.
 
-Mirrors come from `data.mirrors`; the environment variable MNIST_MIRROR (an http(s) URL or a
-folder holding the four `.gz` files) is tried first when set.
+Reads params `data.mirrors` and `data.timeout_s`; the environment variable MNIST_MIRROR (an
+http(s) URL or a folder holding the four `.gz` files) is tried first when set.
+Writes data/MNIST/raw/ (the four `.gz` files and their parsed forms).
 """
 
 import os
 
-from pipeline.config import DATA_DIR, load_params
+from pipeline.cli import stage
+from pipeline.config import load_params
 from pipeline.data import DownloadError, fetch_mnist, load_mnist
-from pipeline.runtime import PipelineError, atomic_path, stage
+from pipeline.errors import PipelineError
+from pipeline.paths import MNIST_DIR
+from pipeline.runtime import publish
 
 MIRROR_ENV = "MNIST_MIRROR"
 
@@ -18,7 +22,7 @@ def main() -> None:
     params = load_params()
     override = os.environ.get(MIRROR_ENV, "").strip()
     mirrors = [override, *params.data.mirrors] if override else list(params.data.mirrors)
-    with atomic_path(DATA_DIR / "MNIST") as tmp:
+    with publish(MNIST_DIR) as (tmp,):
         try:
             fetch_mnist(tmp.parent, mirrors, params.data.timeout_s)
         except DownloadError as e:
@@ -28,7 +32,7 @@ def main() -> None:
             ) from None
         for train in (True, False):  # parse both splits before publishing the folder
             load_mnist(tmp.parent, train)
-    print(f"MNIST ready in {DATA_DIR / 'MNIST' / 'raw'}")
+    print(f"MNIST ready in {MNIST_DIR / 'raw'}")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,16 @@
 
 Every model's `forward` maps noisy images (N x 1 x 28 x 28) to denoised images in [0, 1].
 Losses take `(model, noisy, clean, epochs_done)` and return `(loss, terms to log)`.
+:data:`REGISTRY` holds one entry per (kind, arch): its class, the params keys it is built
+from and its loss; a saved model file holds its state dict and the spec that rebuilds it.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +19,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.runtime import PipelineError, load_torch, save_torch
+from pipeline.errors import PipelineError
+from pipeline.runtime import load_torch
 
 IMAGE_PIXELS = 28 * 28
+# loss_fn(model, noisy, clean, epochs_done) -> (loss to minimise, named terms to log)
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, dict]]
 
 
-def conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    """3x3 convolution + ReLU, 'same' padding (halving the size when stride is 2)."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.ReLU(inplace=True))
+def conv(c_in: int, c_out: int, stride: int = 1, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """3x3 convolution + activation, 'same' padding (halving the size when stride is 2)."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), act())
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: x + conv(SiLU(GN(conv(SiLU(GN(x))))))."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = channels
+        self.body = nn.Sequential(
+            norm(c),
+            nn.SiLU(),
+            nn.Conv2d(c, c, 3, 1, 1),
+            norm(c),
+            nn.SiLU(),
+            nn.Conv2d(c, c, 3, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
 
 
 class Denoiser(nn.Module):
@@ -38,24 +70,59 @@ class DAEBase(Denoiser):
         return self.predict(noisy).clamp(0.0, 1.0)
 
 
-class DAE(DAEBase):
-    """U-Net at reduced resolution: 28x28 is folded to 4 x 14x14 (pixel unshuffle), processed
-    at 14x14 and 7x7 with a skip connection, and unfolded back. Cheap on CPU, wide where it
-    is cheap."""
+class UNet(DAEBase):
+    """One U-Net family, scaled by params. `fold` 2 folds 28x28 into 4 x 14x14 (pixel
+    unshuffle: cheap on CPU), 1 works at full resolution. Each of `levels` downsamplings
+    halves the size and doubles the width; each level has `blocks` blocks in the encoder and
+    in the decoder, `plain` (conv + ReLU) or `residual` (GroupNorm + SiLU); skips are added.
 
-    def __init__(self, channels: int = 32) -> None:
+    The CPU default (32 channels, 1 level, 1 plain block, fold 2) is 14x14 -> 7x7 and back.
+    """
+
+    def __init__(
+        self,
+        channels: int = 32,
+        levels: int = 1,
+        blocks: int = 1,
+        block: str = "plain",
+        fold: int = 2,
+    ) -> None:
         super().__init__()
-        c = channels
-        self.stem = nn.Sequential(nn.PixelUnshuffle(2), conv(4, c), conv(c, c))
-        self.down = nn.Sequential(conv(c, 2 * c, stride=2), conv(2 * c, 2 * c))
-        self.up = nn.ConvTranspose2d(2 * c, c, 2, stride=2)
-        self.decode = conv(c, c)
-        self.head = nn.Sequential(nn.Conv2d(c, 4, 3, 1, 1), nn.PixelShuffle(2))
+        residual = block == "residual"
+        act = nn.SiLU if residual else nn.ReLU
+        widths = [channels * 2**i for i in range(levels + 1)]
+
+        def stack(c: int) -> nn.Sequential:
+            return nn.Sequential(*(ResBlock(c) if residual else conv(c, c) for _ in range(blocks)))
+
+        fold_in = nn.PixelUnshuffle(fold) if fold > 1 else nn.Identity()
+        self.stem = nn.Sequential(fold_in, nn.Conv2d(fold * fold, widths[0], 3, 1, 1), act())
+        self.encoders = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        for i in range(levels):
+            self.encoders.append(stack(widths[i]))
+            self.downs.append(conv(widths[i], widths[i + 1], stride=2, act=act))
+        self.middle = stack(widths[-1])
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(levels)
+        )
+        self.decoders = nn.ModuleList(stack(widths[i]) for i in range(levels))
+        self.act = act()
+        head_in = [norm(widths[0]), nn.SiLU()] if residual else []
+        fold_out = nn.PixelShuffle(fold) if fold > 1 else nn.Identity()
+        self.head = nn.Sequential(*head_in, nn.Conv2d(widths[0], fold * fold, 3, 1, 1), fold_out)
 
     def predict(self, noisy: torch.Tensor) -> torch.Tensor:
-        skip = self.stem(noisy)
-        x = F.relu(self.up(self.down(skip))) + skip
-        return self.head(self.decode(x))
+        x = self.stem(noisy)
+        skips = []
+        for encode, down in zip(self.encoders, self.downs, strict=True):
+            x = encode(x)
+            skips.append(x)
+            x = down(x)
+        x = self.middle(x)
+        for i in reversed(range(len(self.ups))):
+            x = self.decoders[i](self.act(self.ups[i](x)) + skips[i])
+        return self.head(x)
 
 
 class ReferenceDAE(DAEBase):
@@ -82,23 +149,26 @@ class ReferenceDAE(DAEBase):
 
 
 class VAEBase(Denoiser):
-    """A denoising VAE: `encode` gives the posterior's mean and log-variance, `decode_logits`
-    maps a latent to Bernoulli logits per pixel, and denoising decodes the posterior mean."""
+    """A denoising VAE: `encoder` gives the posterior's mean and log-variance, `decoder` maps a
+    latent to Bernoulli logits per pixel, and denoising decodes the posterior mean."""
 
     latent_dim: int
+    encoder: nn.Module
+    decoder: nn.Module
 
     def encode(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        mean, logvar = self.encoder(noisy).float().chunk(2, dim=1)
+        return mean, logvar
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.decoder(z)
 
     def forward(self, noisy: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decode_logits(self.encode(noisy)[0]))
 
 
 class VAE(VAEBase):
-    """Convolutional VAE working at 14x14 and 7x7 (pixel unshuffle as in :class:`DAE`)."""
+    """Convolutional VAE working at 14x14 and 7x7 (pixel unshuffle as in :class:`UNet`)."""
 
     def __init__(self, channels: int = 32, latent_dim: int = 16) -> None:
         super().__init__()
@@ -123,13 +193,6 @@ class VAE(VAEBase):
             nn.PixelShuffle(2),
         )
 
-    def encode(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = self.encoder(noisy).chunk(2, dim=1)
-        return mean, logvar
-
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
 
 class ReferenceVAE(VAEBase):
     """The reference notebook's layout (the Keras example VAE): 784-512-latent-512-784 MLP."""
@@ -150,66 +213,13 @@ class ReferenceVAE(VAEBase):
             nn.Unflatten(1, (1, 28, 28)),
         )
 
-    def encode(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = self.encoder(noisy).chunk(2, dim=1)
-        return mean, logvar
-
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-
-ARCHS: dict[tuple[str, str], type[Denoiser]] = {
-    ("dae", "unet"): DAE,
-    ("dae", "reference"): ReferenceDAE,
-    ("vae", "conv"): VAE,
-    ("vae", "reference"): ReferenceVAE,
-}
-
-
-def model_spec(kind: str, cfg: Any) -> dict[str, Any]:
-    """The architecture part of a `dae`/`vae` params section: all that rebuilds the model."""
-    spec: dict[str, Any] = {"kind": kind, "arch": cfg.arch}
-    if (kind, cfg.arch) != ("vae", "reference"):
-        spec["channels"] = cfg.channels
-    if kind == "vae":
-        spec["latent_dim"] = cfg.latent_dim
-    return spec
-
-
-def build(spec: dict[str, Any]) -> Denoiser:
-    """Instantiate the model a :func:`model_spec` describes."""
-    kind, arch, *_ = spec.values()
-    hparams = {k: v for k, v in spec.items() if k not in ("kind", "arch")}
-    return ARCHS[kind, arch](**hparams)
-
-
-def save_model(model: Denoiser, spec: dict[str, Any], path: Path) -> None:
-    """Atomically write the weights with the spec that rebuilds them (no params.yaml needed)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_torch({"spec": spec, "state_dict": state}, path)
-
-
-def load_model(path: Path, stage: str) -> tuple[Denoiser, dict[str, Any]]:
-    """Rebuild a saved model in eval mode; a damaged file names the `stage` that rebuilds it."""
-    blob = load_torch(path, made_by=stage)
-    try:
-        if not (isinstance(blob, dict) and isinstance(blob.get("spec"), dict)):
-            raise ValueError("no model spec in the file")
-        model = build(blob["spec"])
-        model.load_state_dict(blob["state_dict"])
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-        raise PipelineError(
-            f"{path} is not a valid model file ({e}); run `dvc repro {stage}` to rebuild it"
-        ) from e
-    return model.eval(), blob["spec"]
-
 
 def dae_loss(
     model: DAEBase, noisy: torch.Tensor, clean: torch.Tensor, epochs_done: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean squared error of the linear output against the clean image: the test metric itself.
     (A sigmoid output trained with MSE saturates at 0 within a few steps on MNIST.)"""
-    return F.mse_loss(model.predict(noisy), clean), {}
+    return F.mse_loss(model.predict(noisy).float(), clean), {}
 
 
 def kl_per_dim(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -229,8 +239,79 @@ def vae_loss(
     pixels) + beta * KL, with beta ramped linearly from 0 over `warmup_epochs`."""
     mean, logvar = model.encode(noisy)
     z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
-    recon = F.binary_cross_entropy_with_logits(model.decode_logits(z), clean, reduction="sum")
-    recon = recon / len(clean)
+    logits = model.decode_logits(z).float()
+    recon = F.binary_cross_entropy_with_logits(logits, clean, reduction="sum") / len(clean)
     kl = kl_per_dim(mean, logvar).sum(dim=1).mean()
     ramp = min(1.0, epochs_done / warmup_epochs) if warmup_epochs else 1.0
     return recon + beta * ramp * kl, {"recon": recon, "kl": kl}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One (kind, arch): the class, the params keys passed to it, and its loss for a section."""
+
+    cls: type[Denoiser]
+    hparams: tuple[str, ...]
+    loss: Callable[[Any], LossFn]
+
+
+def _dae_loss(cfg: Any) -> LossFn:
+    return dae_loss
+
+
+def _vae_loss(cfg: Any) -> LossFn:
+    return partial(vae_loss, beta=cfg.beta, warmup_epochs=cfg.kl_warmup_epochs)
+
+
+REGISTRY: dict[tuple[str, str], Entry] = {
+    ("dae", "unet"): Entry(UNet, ("channels", "levels", "blocks", "block", "fold"), _dae_loss),
+    ("dae", "reference"): Entry(ReferenceDAE, ("channels",), _dae_loss),
+    ("vae", "conv"): Entry(VAE, ("channels", "latent_dim"), _vae_loss),
+    ("vae", "reference"): Entry(ReferenceVAE, ("latent_dim",), _vae_loss),
+}
+
+
+def model_spec(kind: str, cfg: Any) -> dict[str, Any]:
+    """What rebuilds the model of a `dae`/`vae` params section: kind, arch, hyper-parameters."""
+    entry = REGISTRY[kind, cfg.arch]
+    return {"kind": kind, "arch": cfg.arch, **{key: getattr(cfg, key) for key in entry.hparams}}
+
+
+def loss_for(kind: str, cfg: Any) -> LossFn:
+    """The loss of the model a `dae`/`vae` params section describes."""
+    return REGISTRY[kind, cfg.arch].loss(cfg)
+
+
+def build(spec: dict[str, Any]) -> Denoiser:
+    """Instantiate the model a :func:`model_spec` describes."""
+    entry = REGISTRY[spec["kind"], spec["arch"]]
+    return entry.cls(**{key: spec[key] for key in entry.hparams})
+
+
+def save_model(model: Denoiser, spec: dict[str, Any], path: Path) -> None:
+    """Write the weights with the spec that rebuilds them (no params.yaml needed)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"spec": spec, "state_dict": state}, path)
+
+
+def load_model(path: Path, kind: str) -> Denoiser:
+    """Rebuild the saved `kind` model (dae or vae) in eval mode. A damaged file, or one that
+    holds the other kind, names the stage that rebuilds it."""
+    stage = f"train_{kind}"
+    blob = load_torch(path, made_by=stage)
+    spec = blob.get("spec") if isinstance(blob, dict) else None
+    if isinstance(spec, dict) and spec.get("kind") != kind:
+        raise PipelineError(
+            f"{path} holds a {spec.get('kind')!r} model ({spec.get('arch')}), not a {kind!r} "
+            f"model; run `dvc repro {stage}` (or `dvc checkout --force {path}`) to rebuild it"
+        )
+    try:
+        if not isinstance(spec, dict):
+            raise ValueError("no model spec in the file")
+        model = build(spec)
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        raise PipelineError(
+            f"{path} is not a valid model file ({e}); run `dvc repro {stage}` to rebuild it"
+        ) from e
+    return model.eval()

@@ -1,14 +1,13 @@
-"""Process-level plumbing shared by the stages: errors, determinism, devices, atomic files."""
+"""Process-level plumbing shared by the stages: determinism, devices, model and data files,
+and publishing a stage's outputs all together or not at all."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -18,23 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-class PipelineError(Exception):
-    """A problem the user can fix; stages print it as one clear message, without a traceback."""
-
-
-def stage(main: Callable[[], None]) -> Callable[[], None]:
-    """Decorate a stage's `main`: a :class:`PipelineError` becomes `error: ...` and exit code 1."""
-
-    @functools.wraps(main)
-    def run() -> None:
-        try:
-            main()
-        except PipelineError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
-
-    return run
+from pipeline.errors import PipelineError
 
 
 def set_determinism(seed: int) -> None:
@@ -60,46 +43,124 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
+def publish(*paths: Path | str, live: Path | str | None = None) -> Iterator[list[Path]]:
+    """Publish a stage's outputs all together, or none of them.
 
-    Works for files and directories. On failure (or SIGKILL) the final path is never
-    half-written; a leftover temporary is removed on the next attempt by :func:`clean_stale`.
+    Checks first that every output can be written (before any heavy work), then yields one
+    temporary path per output (files or folders, in the same folders as their targets). When
+    the block succeeds, each previous output is moved aside and the new one renamed into
+    place; if any rename fails, everything is put back as it was. When the block fails (or
+    Ctrl-C), the temporaries are removed and the previous outputs are untouched.
+
+    `live` is a folder the block writes in place while it runs (training curves that
+    `dvc plots show` reads during training): its previous content is moved aside at the
+    start, restored on failure and dropped on success.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent)) / path.name
+    targets = [Path(p) for p in paths]
+    for path in [*targets, *([Path(live)] if live else [])]:
+        _check_writable(path)
+    work: list[Path] = []
+    restore_live = _set_aside(Path(live)) if live else None
     try:
-        yield tmp
-        if path.is_dir() and not path.is_symlink():  # os.replace cannot overwrite a folder:
-            path.rename(tmp.parent / f"{path.name}.old")  # move it aside, deleted below
-        os.replace(tmp, path)
+        work.extend(_scratch_dir(target) for target in targets)
+        yield [w / t.name for w, t in zip(work, targets, strict=True)]
+        _swap_in(targets, work)
+    except BaseException:
+        if restore_live:
+            restore_live()
+        raise
+    else:
+        if restore_live:
+            restore_live(keep_new=True)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        for w in work:
+            shutil.rmtree(w, ignore_errors=True)
+
+
+def _check_writable(target: Path) -> None:
+    """Raise a :class:`PipelineError` unless `target` (a file, or a folder and everything in
+    it) can be replaced: its nearest existing folder is a writable folder, and nothing in
+    the way is read-only. Creates nothing."""
+    ancestor = target.parent
+    while not (ancestor.exists() or ancestor.is_symlink()) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PipelineError(f"cannot write {target}: {ancestor} is a file, not a folder")
+    inside = target.rglob("*") if target.is_dir() and not target.is_symlink() else []
+    for path in [ancestor, target, *inside]:
+        if (path.exists() or path.is_symlink()) and not os.access(path, os.W_OK):
+            what = "it" if path == target else str(path)
+            raise PipelineError(f"cannot write {target}: {what} is read-only or immutable")
+
+
+def _scratch_dir(target: Path) -> Path:
+    """A fresh temporary folder beside `target` (removing leftovers of interrupted runs)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(target)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as e:
+        raise PipelineError(f"cannot write {target}: {e.strerror or e} ({target.parent})") from None
+
+
+def _swap_in(targets: list[Path], work: list[Path]) -> None:
+    """Rename each new output into place, keeping the old ones until all have succeeded."""
+    done: list[tuple[Path, Path]] = []  # (target, where its previous version went)
+    for target, w in zip(targets, work, strict=True):
+        old = w / f"{target.name}.old"
+        try:
+            if target.exists() or target.is_symlink():
+                os.replace(target, old)
+            done.append((target, old))
+            os.replace(w / target.name, target)
+        except OSError as e:
+            _roll_back(done)
+            raise PipelineError(f"cannot publish {target}: {e}; previous outputs kept") from None
+
+
+def _roll_back(done: list[tuple[Path, Path]]) -> None:
+    """Put back the previous outputs that :func:`_swap_in` had already replaced."""
+    for target, old in reversed(done):
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        if old.exists() or old.is_symlink():
+            os.replace(old, target)
+
+
+def _set_aside(folder: Path) -> Callable[..., None]:
+    """Move `folder` away and recreate it empty; return `restore(keep_new=False)`, which puts
+    the previous content back (or, with `keep_new`, just drops it)."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(folder)
+        aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        if folder.exists():
+            os.replace(folder, aside / folder.name)
+        folder.mkdir()
+    except OSError as e:
+        raise PipelineError(f"cannot write {folder}: {e.strerror or e}") from None
+
+    def restore(keep_new: bool = False) -> None:
+        if not keep_new:
+            shutil.rmtree(folder, ignore_errors=True)
+            if (aside / folder.name).exists():
+                os.replace(aside / folder.name, folder)
+        shutil.rmtree(aside, ignore_errors=True)
+
+    return restore
 
 
 def clean_stale(path: Path) -> None:
-    """Remove temporaries that an interrupted :func:`atomic_path` left beside `path`."""
+    """Remove temporaries that an interrupted :func:`publish` left beside `path`."""
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def save_torch(obj: Any, path: Path | str) -> None:
-    """`torch.save` that never leaves a partial file at `path`."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def write_text(path: Path | str, text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def write_json(path: Path | str, obj: Any) -> None:
-    """Write pretty, key-sorted JSON atomically (stable diffs in git)."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Pretty, key-sorted JSON (stable diffs in git)."""
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def load_torch(path: Path | str, made_by: str) -> Any:

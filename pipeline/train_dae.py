@@ -1,15 +1,17 @@
-"""Stage `train_dae`: the denoising autoencoder, noisy -> clean (params section `dae`)."""
+"""Stage `train_dae`: the denoising autoencoder, noisy -> clean.
 
+Reads params `seed`, `device`, `noise` (for dae.fresh_noise) and `dae`; data/noisy/{train,val}.pt.
+Writes models/dae.pt and metrics/train/dae/ (metrics.json and per-epoch curves, dvclive).
+"""
+
+from pipeline.cli import stage
 from pipeline.config import load_params
-from pipeline.models import dae_loss
-from pipeline.runtime import stage
 from pipeline.training import train_stage
 
 
 @stage
 def main() -> None:
-    params = load_params()
-    train_stage("dae", params.dae, dae_loss, params.seed, params.device)
+    train_stage("dae", load_params())
 
 
 if __name__ == "__main__":

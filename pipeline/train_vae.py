@@ -1,19 +1,17 @@
-"""Stage `train_vae`: the denoising VAE, noisy -> clean (params section `vae`)."""
+"""Stage `train_vae`: the denoising VAE, noisy -> clean.
 
-from functools import partial
+Reads params `seed`, `device`, `noise` (for vae.fresh_noise) and `vae`; data/noisy/{train,val}.pt.
+Writes models/vae.pt and metrics/train/vae/ (metrics.json and per-epoch curves, dvclive).
+"""
 
+from pipeline.cli import stage
 from pipeline.config import load_params
-from pipeline.models import vae_loss
-from pipeline.runtime import stage
 from pipeline.training import train_stage
 
 
 @stage
 def main() -> None:
-    params = load_params()
-    cfg = params.vae
-    loss = partial(vae_loss, beta=cfg.beta, warmup_epochs=cfg.kl_warmup_epochs)
-    train_stage("vae", cfg, loss, params.seed, params.device)
+    train_stage("vae", load_params())
 
 
 if __name__ == "__main__":

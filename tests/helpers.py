@@ -22,6 +22,7 @@ PROJECT_FILES = [
     "params.yaml",
     "regression.yaml",
     ".dvc/config",
+    ".dvc/plots",  # the project's templates of `dvc plots show/diff`
     ".dvcignore",
     ".gitignore",
 ]
@@ -57,7 +58,7 @@ def write_idx_gz(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         int(n).to_bytes(4, "big") for n in array.shape
     )
-    with gzip.GzipFile(path, "wb", mtime=0) as f:
+    with gzip.GzipFile(path, "wb", compresslevel=1, mtime=0) as f:  # level 9 takes minutes
         f.write(header + array.astype(np.uint8).tobytes())
 
 
@@ -106,6 +107,26 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw: Any) -> subprocess.
     return proc
 
 
+def run_stage(
+    cwd: Path,
+    name: str,
+    *args: str,
+    env: dict[str, str | None] | None = None,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess:
+    """`python -m pipeline.<name>` in `cwd`, as its dvc.yaml `cmd` runs it; exit code not
+    checked. The code is `cwd`'s own `pipeline/` when it has one (a project copy), else this
+    checkout's. `env` adds variables to the environment (None removes one)."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for key, value in (env or {}).items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    cmd = [str(VENV_BIN / "python"), "-m", f"pipeline.{name}", *args]
+    return run(cmd, cwd, check=False, env=environ, timeout=timeout)
+
+
 def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run(["git", *args], repo, check=check)
 
@@ -130,7 +151,7 @@ def new_project(
     The project files are copied from `source` (another tiny project gives the same code even
     while this checkout is being edited). With a synthetic mirror the official MD5s cannot
     match, so the raw files are placed where `download` writes them and that stage is
-    committed instead of run.
+    committed instead of run (after `validate`, whose output it depends on).
     """
     dest.mkdir(parents=True)
     for name in PROJECT_FILES:
@@ -150,6 +171,7 @@ def new_project(
             shutil.copyfile(folder / f"{name}.gz", raw / f"{name}.gz")
             with gzip.open(folder / f"{name}.gz") as f:
                 (raw / name).write_bytes(f.read())
+        dvc(dest, "repro", "validate")  # data/params.ok, a dependency of `download`
         dvc(dest, "commit", "-f", "download")
     git(dest, "add", "-A")
     git(dest, "commit", "-q", "-m", "tiny project")

@@ -24,9 +24,12 @@ from pipeline.models import build, dae_loss, vae_loss
 from tests.helpers import ROOT, TINY_PARAMS, set_params
 
 CPU = torch.device("cpu")
-CFG = TrainParams(epochs=1, batch_size=16, lr=1e-3, weight_decay=1e-4)
+CFG = TrainParams(
+    epochs=1, batch_size=16, lr=1e-3, weight_decay=1e-4, fresh_noise=False, precision="fp32"
+)
+UNET = {"kind": "dae", "arch": "unet", "channels": 4, "levels": 1, "blocks": 1}
 MODELS = {
-    "dae": (partial(build, {"kind": "dae", "arch": "unet", "channels": 4}), dae_loss),
+    "dae": (partial(build, {**UNET, "block": "plain", "fold": 2}), dae_loss),
     "vae": (
         partial(build, {"kind": "vae", "arch": "conv", "channels": 4, "latent_dim": 2}),
         partial(vae_loss, beta=1.0, warmup_epochs=2),

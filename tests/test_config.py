@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from pipeline.config import (
@@ -23,10 +22,11 @@ from pipeline.config import (
     load_params,
     parse_params,
 )
+from pipeline.yamlio import parse_yaml
 from tests.helpers import DELETE, ROOT, set_dotted
 
 DEFAULT_TEXT = (ROOT / "params.yaml").read_text()
-DEFAULT = yaml.safe_load(DEFAULT_TEXT)
+DEFAULT = parse_yaml(DEFAULT_TEXT, "params.yaml")
 
 
 def changed(changes: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +144,7 @@ BAD_CONFIGS = [
         id="quoted-number",
     ),
     pytest.param(
-        {"dae.lr": "1e-3"}, ["dae.lr", "valid number", "1.0e-3"], id="exponent-without-dot"
+        {"dae.lr": "1e-3"}, ["dae.lr", "valid number", "'1e-3'", "without quotes"], id="quoted-exp"
     ),
     pytest.param({"dae.epochs": True}, ["dae.epochs", "valid integer", "True"], id="bool-for-int"),
     pytest.param(

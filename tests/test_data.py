@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.data import NOISE_KINDS, Split, add_noise, load_split, save_split
-from pipeline.runtime import PipelineError
+from pipeline.errors import PipelineError
 
 N_PIXELS = 200_000
 SIGMAS = 5  # tolerances are this many standard errors of the estimate: ~1 in 3.5 million fails
@@ -131,6 +131,7 @@ def test_save_is_byte_deterministic(tmp_path: Path) -> None:
     tensors = split_tensors()
     paths = [tmp_path / "a" / "test.pt", tmp_path / "b" / "test.pt"]
     for path in paths:
+        path.parent.mkdir()
         save_split(path, *tensors)
     first = paths[0].read_bytes()
     assert first == paths[1].read_bytes()
@@ -140,8 +141,32 @@ def test_save_is_byte_deterministic(tmp_path: Path) -> None:
     assert paths[1].read_bytes() != first
 
 
+@pytest.mark.parametrize("rows", [slice(0, 500), slice(6000, 6500), slice(0, 10_000, 20)])
+def test_a_saved_slice_holds_only_its_own_images(tmp_path: Path, rows: slice) -> None:
+    """Slices of 10,000 images already in the stored dtypes (as make_noisy passes MNIST's
+    uint8 images): without a copy, torch.save would write the whole tensors they view."""
+    n = 10_000
+    clean = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen(1))
+    noisy = torch.rand(n, 28, 28, generator=gen(2)).half()
+    labels = torch.randint(0, 10, (n,), generator=gen(3)).byte()
+    part = [t[rows] for t in (clean, noisy, labels)]
+    assert len(part[0]) == 500
+    path = tmp_path / "train.pt"
+    save_split(path, *part)
+
+    size = path.stat().st_size
+    own = 500 * (28 * 28 * 3 + 1)  # uint8 clean, float16 noisy, uint8 labels
+    whole = n * (28 * 28 * 1 + 1)  # what the views of the uint8 tensors alone would store
+    assert own < size < own + 20_000 < 2_000_000 < whole
+    split = load_split(path)
+    assert torch.equal(split.clean, part[0].unsqueeze(1).float() / 255)
+    assert torch.equal(split.noisy, part[1].unsqueeze(1).float())
+    assert torch.equal(split.labels, part[2].long())
+
+
 def good_bytes(tmp_path: Path) -> bytes:
     path = tmp_path / "good" / "val.pt"
+    path.parent.mkdir()
     save_split(path, *split_tensors())
     return path.read_bytes()
 

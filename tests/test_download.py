@@ -4,11 +4,8 @@ interface: good, corrupt, truncated, erroring, refusing and silent servers, and 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline.data import DownloadError, fetch_mnist, load_mnist
-from tests.helpers import MNIST_FILES, ROOT, SHARED_MNIST, write_idx_gz
+from tests.helpers import MNIST_FILES, ROOT, SHARED_MNIST, run_stage, write_idx_gz
 
 SIZES = {"train": 20, "t10k": 12}  # images per split in the synthetic files
 FIRST = "train-images-idx3-ubyte.gz"  # the first file fetch_mnist asks for
@@ -283,22 +280,6 @@ def test_stale_file_in_the_way_is_replaced(
 # ------------------------------------------------------------------------- the download stage
 
 
-def run_download(cwd: Path, mirror_env: str | None) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline.download` in `cwd` with the repository importable."""
-    env = {k: v for k, v in os.environ.items() if k != "MNIST_MIRROR"}
-    env["PYTHONPATH"] = str(ROOT)
-    if mirror_env is not None:
-        env["MNIST_MIRROR"] = mirror_env
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.download"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def project(path: Path, mirrors: list[str]) -> Path:
     """A folder holding only a copy of params.yaml with the given mirrors and a 1 s timeout."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -315,7 +296,7 @@ def test_download_stage_with_dead_mirrors_fails_cleanly(tmp_path: Path) -> None:
             s.bind(("127.0.0.1", 0))
             mirrors.append(f"http://127.0.0.1:{s.getsockname()[1]}/mnist/")
     repo = project(tmp_path / "project", mirrors)
-    proc = run_download(repo, mirror_env=None)
+    proc = run_stage(repo, "download", env={"MNIST_MIRROR": None})
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     final = proc.stderr[proc.stderr.index("error: ") :]
@@ -340,7 +321,7 @@ def test_download_stage_uses_mnist_mirror_first(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
     repo = project(tmp_path / "project", [dead])
-    proc = run_download(repo, mirror_env=str(mirror))
+    proc = run_stage(repo, "download", env={"MNIST_MIRROR": str(mirror)})
     assert proc.returncode == 0, proc.stderr
     assert "MNIST ready in data/MNIST/raw" in proc.stdout
     # paths are relative to the working directory: the data lands beside its params.yaml

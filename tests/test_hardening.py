@@ -23,12 +23,25 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.config import MODELS_DIR, NOISY_DIR, TRAIN_LOG_DIR, DAEParams
+from pipeline import training
+from pipeline.config import Params, parse_params
 from pipeline.data import save_split
+from pipeline.errors import PipelineError
 from pipeline.models import dae_loss
-from pipeline.runtime import PipelineError
+from pipeline.paths import MODELS_DIR, NOISY_DIR, TRAIN_LOG_DIR
 from pipeline.training import train_stage
-from tests.helpers import VENV_BIN, dvc, git, new_project, repro, run, set_params
+from pipeline.yamlio import read_yaml
+from tests.helpers import (
+    ROOT,
+    VENV_BIN,
+    dvc,
+    git,
+    new_project,
+    repro,
+    run_stage,
+    set_dotted,
+    set_params,
+)
 
 # 2048 images in batches of 16: 128 batches of the tiny DAE, long enough to kill mid-epoch.
 INTERRUPTIBLE = {"data.train_size": 2048, "dae.batch_size": 16}
@@ -42,11 +55,6 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stages run single-threaded: two torch threads per process oversubscribe small shared
     machines and train several times slower. (Not for results compared with `reproduced`.)"""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
-def run_stage(repo: Path, name: str) -> subprocess.CompletedProcess:
-    """Run a stage's module in `repo` directly, as its dvc.yaml `cmd` does."""
-    return run([str(VENV_BIN / "python"), "-m", f"pipeline.{name}"], repo, check=False)
 
 
 def stage_outputs(repo: Path, name: str) -> list[Path]:
@@ -166,6 +174,7 @@ def noisy_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as set_determinism sets it
     gen = torch.Generator().manual_seed(0)
+    NOISY_DIR.mkdir(parents=True)
     for name, size in (("train", 64), ("val", 32)):
         clean = torch.randint(0, 256, (size, 28, 28), dtype=torch.uint8, generator=gen)
         labels = torch.randint(0, 10, (size,), generator=gen)
@@ -175,17 +184,29 @@ def noisy_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     torch.use_deterministic_algorithms(deterministic)
 
 
+def tiny_dae_params(batch_size: int) -> Params:
+    """The project's params with a tiny DAE (4 channels, 2 epochs), on the CPU."""
+    raw = read_yaml(ROOT / "params.yaml")
+    changes = {"device": "cpu", "dae.channels": 4, "dae.epochs": 2, "dae.batch_size": batch_size}
+    return parse_params(set_dotted(raw, changes))
+
+
 @pytest.mark.parametrize(
-    ("factor", "in_training", "reported"),
+    ("factor", "in_training", "batch_size", "reported"),
     [
-        (math.nan, True, "loss is nan at epoch 1, batch 1"),
-        (math.inf, True, "loss is inf at epoch 1, batch 1"),
-        (math.nan, False, "validation loss is nan at the end of epoch 1"),
+        (math.nan, True, 16, "train loss is nan at epoch 1"),
+        (math.inf, True, 64, "train loss is inf at epoch 1"),  # one batch: its loss, not NaN
+        (math.nan, False, 16, "val loss is nan at epoch 1"),
     ],
     ids=["nan-loss", "inf-loss", "nan-validation"],
 )
 def test_a_diverging_loss_stops_training_and_saves_nothing(
-    noisy_splits: Path, factor: float, in_training: bool, reported: str
+    noisy_splits: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    factor: float,
+    in_training: bool,
+    batch_size: int,
+    reported: str,
 ) -> None:
     def loss_fn(
         model: nn.Module, noisy: torch.Tensor, clean: torch.Tensor, epochs_done: float
@@ -193,10 +214,11 @@ def test_a_diverging_loss_stops_training_and_saves_nothing(
         loss, terms = dae_loss(model, noisy, clean, epochs_done)
         return (loss * factor if model.training == in_training else loss), terms
 
-    cfg = DAEParams(arch="unet", channels=4, epochs=2, batch_size=16, lr=1e-3, weight_decay=0)
+    monkeypatch.setattr(training, "loss_for", lambda kind, cfg: loss_fn)
     with pytest.raises(PipelineError, match="dae training diverged") as info:
-        train_stage("dae", cfg, loss_fn, seed=0, device="cpu")
+        train_stage("dae", tiny_dae_params(batch_size))
     assert reported in str(info.value) and "dae.lr" in str(info.value)
+    assert "nothing was saved" in str(info.value)
     assert not (MODELS_DIR / "dae.pt").exists()
     assert not (TRAIN_LOG_DIR / "dae").exists()
     assert temporaries(noisy_splits) == []
@@ -289,7 +311,10 @@ def test_two_projects_reproduce_byte_identical_results(
     reproduced: Path, tmp_path: Path, mnist_mirror: tuple[Path, bool]
 ) -> None:
     """Same code, params and MNIST, separate folders and caches: the same bytes. (Same machine
-    and thread count as `reproduced`: float sums over other thread counts may differ.)"""
+    and thread count as `reproduced`: float sums over other thread counts may differ.) Fresh
+    training noise every epoch (the default) is drawn from the seed, so it is the same too."""
+    params = yaml.safe_load((reproduced / "params.yaml").read_text())
+    assert params["dae"]["fresh_noise"] is True and params["vae"]["fresh_noise"] is True
     other = new_project(tmp_path / "repo", mnist_mirror, source=reproduced)
     repro(other, mirror=mnist_mirror[0])
     for pattern in [

@@ -1,7 +1,9 @@
-"""`pipeline.models`: every architecture's shapes and range, the losses, and the model files."""
+"""`pipeline.models`: the registry, every architecture's shapes and range, the U-Net's scaling,
+the losses, and the model files."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,24 +12,34 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch.distributions import Normal, kl_divergence
 
+from pipeline.config import DAEParams, ParamsError, parse_params
+from pipeline.errors import PipelineError
 from pipeline.models import (
-    ARCHS,
+    REGISTRY,
     DAEBase,
+    ResBlock,
+    UNet,
     VAEBase,
     build,
     dae_loss,
     kl_per_dim,
     load_model,
+    loss_for,
     model_spec,
     save_model,
     vae_loss,
 )
-from pipeline.runtime import PipelineError
+from pipeline.yamlio import read_yaml
+from tests.helpers import ROOT, set_dotted
 
 LATENT_DIM = 3
-SMALL = SimpleNamespace(channels=4, latent_dim=LATENT_DIM)
+UNET_DEFAULTS = dict(levels=1, blocks=1, block="plain", fold=2)
+SMALL = SimpleNamespace(channels=4, latent_dim=LATENT_DIM, **UNET_DEFAULTS)
+ARCHS = list(REGISTRY)
+ARCH_IDS = [f"{k}-{a}" for k, a in ARCHS]
 
 
 def small_spec(kind: str, arch: str) -> dict[str, Any]:
@@ -47,12 +59,20 @@ def batch(n: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return noisy, clean
 
 
-@pytest.mark.parametrize(("kind", "arch"), list(ARCHS), ids=[f"{k}-{a}" for k, a in ARCHS])
+def unet_spec(channels: int = 4, **changes: Any) -> dict[str, Any]:
+    return {"kind": "dae", "arch": "unet", "channels": channels, **UNET_DEFAULTS, **changes}
+
+
+def n_weights(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("kind", "arch"), ARCHS, ids=ARCH_IDS)
 def test_every_arch_builds_and_denoises_to_same_shape_in_unit_range(kind: str, arch: str) -> None:
     spec = small_spec(kind, arch)
     assert spec["kind"] == kind and spec["arch"] == arch
     model = small_model(kind, arch)
-    assert isinstance(model, ARCHS[kind, arch])
+    assert isinstance(model, REGISTRY[kind, arch].cls)
     assert isinstance(model, DAEBase if kind == "dae" else VAEBase)
     noisy, _ = batch()
     with torch.no_grad():
@@ -62,8 +82,53 @@ def test_every_arch_builds_and_denoises_to_same_shape_in_unit_range(kind: str, a
     assert torch.isfinite(out).all()
 
 
+def test_the_registry_holds_both_kinds_and_both_layouts() -> None:
+    assert set(REGISTRY) == {
+        ("dae", "unet"),
+        ("dae", "reference"),
+        ("vae", "conv"),
+        ("vae", "reference"),
+    }
+
+
+@pytest.mark.parametrize(("kind", "arch"), ARCHS, ids=ARCH_IDS)
+def test_spec_holds_exactly_the_entry_hparams(kind: str, arch: str) -> None:
+    entry = REGISTRY[kind, arch]
+    extra = SimpleNamespace(**vars(SMALL), arch=arch, beta=1.0, lr=0.1, epochs=3)
+    spec = model_spec(kind, extra)  # keys outside the entry's hparams are left out
+    assert list(spec) == ["kind", "arch", *entry.hparams]
+    assert all(spec[key] == getattr(SMALL, key) for key in entry.hparams)
+    assert isinstance(build(spec), entry.cls)
+
+
+@pytest.mark.parametrize(("kind", "arch"), ARCHS, ids=ARCH_IDS)
+def test_build_does_not_depend_on_the_order_of_the_spec(kind: str, arch: str) -> None:
+    spec = small_spec(kind, arch)
+    torch.manual_seed(0)
+    model = build(spec)
+    torch.manual_seed(0)
+    shuffled = build(dict(reversed(list(spec.items()))))
+    assert list(model.state_dict()) == list(shuffled.state_dict())
+    assert all(torch.equal(v, shuffled.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_loss_for_gives_each_kind_its_loss() -> None:
+    assert loss_for("dae", SimpleNamespace(arch="reference")) is dae_loss
+    cfg = SimpleNamespace(arch="conv", beta=0.5, kl_warmup_epochs=4)
+    loss_fn = loss_for("vae", cfg)
+    model = small_model("vae", "conv")
+    noisy, clean = batch()
+    torch.manual_seed(1)
+    loss, terms = loss_fn(model, noisy, clean, 2.0)
+    torch.manual_seed(1)
+    expected = vae_loss(model, noisy, clean, 2.0, beta=0.5, warmup_epochs=4)
+    torch.testing.assert_close(loss, expected[0])
+    torch.testing.assert_close(loss, terms["recon"] + 0.5 * 0.5 * terms["kl"])
+
+
 def test_spec_holds_only_what_rebuilds_the_model() -> None:
-    assert small_spec("dae", "unet") == {"kind": "dae", "arch": "unet", "channels": 4}
+    assert small_spec("dae", "unet") == unet_spec(4)
+    assert small_spec("dae", "reference") == {"kind": "dae", "arch": "reference", "channels": 4}
     assert small_spec("vae", "conv") == {
         "kind": "vae",
         "arch": "conv",
@@ -78,9 +143,157 @@ def test_spec_holds_only_what_rebuilds_the_model() -> None:
 
 
 def test_channels_change_the_model_size() -> None:
-    narrow = build({"kind": "dae", "arch": "unet", "channels": 4})
-    wide = build({"kind": "dae", "arch": "unet", "channels": 8})
-    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in narrow.parameters())
+    assert n_weights(build(unet_spec(8))) > n_weights(build(unet_spec(4)))
+
+
+# --------------------------------------------------------------------------- U-Net scaling
+
+# (levels, blocks, block, fold): every shape the params allow at least once
+UNET_SHAPES = [
+    (0, 1, "plain", 2),
+    (1, 1, "plain", 2),
+    (1, 2, "residual", 2),
+    (0, 3, "residual", 1),
+    (1, 1, "plain", 1),
+    (2, 1, "plain", 1),
+    (2, 2, "residual", 1),
+]
+
+
+@pytest.mark.parametrize(("levels", "blocks", "block", "fold"), UNET_SHAPES)
+def test_unet_scales_with_levels_blocks_block_and_fold(
+    levels: int, blocks: int, block: str, fold: int
+) -> None:
+    model = build(unet_spec(4, levels=levels, blocks=blocks, block=block, fold=fold)).eval()
+    assert isinstance(model, UNet)
+    seen: dict[str, tuple[int, ...]] = {}
+    model.stem.register_forward_hook(lambda m, i, out: seen.update(stem=tuple(out.shape)))
+    model.middle.register_forward_hook(lambda m, i, out: seen.update(middle=tuple(out.shape)))
+    noisy, _ = batch(n=2)
+    with torch.no_grad():
+        out = model(noisy)
+    assert out.shape == noisy.shape and out.min() >= 0 and out.max() <= 1
+    side = 28 // fold
+    assert seen["stem"] == (2, 4, side, side)  # fold 2: 14x14, fold 1: full resolution
+    deep = side // 2**levels  # each level halves the size and doubles the width
+    assert seen["middle"] == (2, 4 * 2**levels, deep, deep)
+    assert len(model.downs) == len(model.ups) == len(model.encoders) == levels
+    assert all(len(stack) == blocks for stack in [*model.encoders, model.middle, *model.decoders])
+    residual = [m for m in model.modules() if isinstance(m, ResBlock)]
+    assert len(residual) == (blocks * (2 * levels + 1) if block == "residual" else 0)
+    has_norm = any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    assert has_norm == (block == "residual")
+
+
+@pytest.mark.parametrize(
+    ("smaller", "larger"),
+    [
+        ({"levels": 0}, {"levels": 1}),
+        ({"fold": 1, "levels": 1}, {"fold": 1, "levels": 2}),
+        ({"blocks": 1}, {"blocks": 3}),
+        ({"block": "plain"}, {"block": "residual"}),
+    ],
+    ids=["levels", "levels-fold-1", "blocks", "residual"],
+)
+def test_unet_weights_grow_with_its_size(smaller: dict, larger: dict) -> None:
+    assert n_weights(build(unet_spec(4, **larger))) > n_weights(build(unet_spec(4, **smaller)))
+
+
+DEFAULT_PARAMS = read_yaml(ROOT / "params.yaml")
+
+
+def dae_params(**changes: Any) -> dict[str, Any]:
+    return set_dotted(copy.deepcopy(DEFAULT_PARAMS), {f"dae.{k}": v for k, v in changes.items()})
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"levels": 2, "fold": 2}, ["dae.levels = 2", "dae.fold = 2", "dae.levels <= 1"]),
+        ({"levels": 3, "fold": 1}, ["dae.levels", "less than or equal to 2", "got 3"]),
+        ({"levels": -1}, ["dae.levels", "greater than or equal to 0"]),
+        ({"blocks": 0}, ["dae.blocks", "greater than 0"]),
+        ({"blocks": 9}, ["dae.blocks", "less than or equal to 8"]),
+        ({"block": "dense"}, ["dae.block", "'plain' or 'residual'"]),
+        ({"fold": 4}, ["dae.fold", "1 or 2"]),
+    ],
+    ids=["too-deep-for-fold-2", "too-deep", "negative-levels", "no-blocks", "many-blocks",
+         "unknown-block", "fold-4"],
+)  # fmt: skip
+def test_invalid_unet_shapes_are_refused_by_the_params(changes: dict, expected: list[str]) -> None:
+    with pytest.raises(ParamsError) as info:
+        parse_params(dae_params(**changes))
+    message = str(info.value)
+    assert all(fragment in message for fragment in expected), message
+
+
+def test_dae_params_refuse_levels_too_deep_for_the_fold() -> None:
+    fields = {**parse_params(DEFAULT_PARAMS).dae.model_dump(), "levels": 2, "fold": 2}
+    with pytest.raises(ValidationError, match=r"dae\.levels = 2 halves the 14x14 feature map"):
+        DAEParams(**fields)
+    assert DAEParams(**{**fields, "fold": 1}).levels == 2
+
+
+def test_the_reference_dae_ignores_the_unet_keys() -> None:
+    params = parse_params(dae_params(arch="reference", levels=2, fold=2))
+    assert model_spec("dae", params.dae) == {"kind": "dae", "arch": "reference", "channels": 32}
+    assert parse_params(dae_params(levels=2, fold=1)).dae.levels == 2  # 28 -> 14 -> 7
+
+
+class OldDAE(DAEBase):
+    """The DAE before the U-Net family (pipeline/models.py at 6ce8f3a), kept to compare."""
+
+    def __init__(self, c: int = 32) -> None:
+        super().__init__()
+
+        def conv(c_in: int, c_out: int, stride: int = 1) -> torch.nn.Sequential:
+            return torch.nn.Sequential(
+                torch.nn.Conv2d(c_in, c_out, 3, stride, 1), torch.nn.ReLU(inplace=True)
+            )
+
+        self.stem = torch.nn.Sequential(torch.nn.PixelUnshuffle(2), conv(4, c), conv(c, c))
+        self.down = torch.nn.Sequential(conv(c, 2 * c, stride=2), conv(2 * c, 2 * c))
+        self.up = torch.nn.ConvTranspose2d(2 * c, c, 2, stride=2)
+        self.decode = conv(c, c)
+        self.head = torch.nn.Sequential(torch.nn.Conv2d(c, 4, 3, 1, 1), torch.nn.PixelShuffle(2))
+
+    def predict(self, noisy: torch.Tensor) -> torch.Tensor:
+        skip = self.stem(noisy)
+        x = F.relu(self.up(self.down(skip))) + skip
+        return self.head(self.decode(x))
+
+
+OLD_DAE_SHAPES = [
+    (32, 4, 3, 3), (32,),  # stem conv 4 -> 32
+    (32, 32, 3, 3), (32,),  # conv 32 -> 32
+    (64, 32, 3, 3), (64,),  # down 32 -> 64, stride 2
+    (64, 64, 3, 3), (64,),  # conv 64 -> 64
+    (64, 32, 2, 2), (32,),  # ConvTranspose 64 -> 32
+    (32, 32, 3, 3), (32,),  # conv 32 -> 32
+    (4, 32, 3, 3), (4,),  # head conv 32 -> 4
+]  # fmt: skip
+
+
+def test_the_default_unet_has_the_old_dae_layout() -> None:
+    params = parse_params(DEFAULT_PARAMS)
+    model = build(model_spec("dae", params.dae))
+    assert isinstance(model, UNet)
+    assert [tuple(p.shape) for p in model.parameters()] == OLD_DAE_SHAPES
+    assert [tuple(p.shape) for p in OldDAE().parameters()] == OLD_DAE_SHAPES
+    strides = [m.stride for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [(1, 1), (1, 1), (2, 2), (1, 1), (1, 1), (1, 1)]
+
+
+def test_the_default_unet_computes_what_the_old_dae_did() -> None:
+    torch.manual_seed(0)
+    old = OldDAE(8).eval()
+    new = UNet(8).eval()
+    with torch.no_grad():
+        for mine, theirs in zip(new.parameters(), old.parameters(), strict=True):
+            mine.copy_(theirs)
+    noisy, _ = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(new.predict(noisy), old.predict(noisy), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ["conv", "reference"])
@@ -178,14 +391,15 @@ def test_dae_loss_is_mse_of_the_linear_prediction(arch: str) -> None:
     assert loss.requires_grad
 
 
-@pytest.mark.parametrize(("kind", "arch"), list(ARCHS), ids=[f"{k}-{a}" for k, a in ARCHS])
+@pytest.mark.parametrize(("kind", "arch"), ARCHS, ids=ARCH_IDS)
 def test_save_then_load_gives_identical_outputs(tmp_path: Path, kind: str, arch: str) -> None:
     spec = small_spec(kind, arch)
     model = small_model(kind, arch, seed=3)
-    path = tmp_path / "models" / f"{kind}.pt"
+    path = tmp_path / f"{kind}.pt"
     save_model(model, spec, path)
-    loaded, loaded_spec = load_model(path, f"train_{kind}")
-    assert loaded_spec == spec
+    assert torch.load(path, weights_only=True)["spec"] == spec
+    loaded = load_model(path, kind)
+    assert isinstance(loaded, REGISTRY[kind, arch].cls)
     assert not loaded.training
     noisy, _ = batch()
     with torch.no_grad():
@@ -228,7 +442,7 @@ def test_damaged_model_file_names_file_and_stage(tmp_path: Path, how: str) -> No
     path.parent.mkdir()
     path.write_bytes(damaged_model(tmp_path, how))
     with pytest.raises(PipelineError) as info:
-        load_model(path, "train_vae")
+        load_model(path, "vae")
     message = str(info.value)
     assert str(path) in message and "dvc repro train_vae" in message
 
@@ -239,11 +453,29 @@ def test_model_file_of_the_wrong_structure_names_file_and_stage(tmp_path: Path, 
     path = tmp_path / "dae.pt"
     torch.save(torch.zeros(3) if blob == "tensor" else {"spec": [1], "state_dict": {}}, path)
     with pytest.raises(PipelineError, match="dvc repro train_dae"):
-        load_model(path, "train_dae")
+        load_model(path, "dae")
 
 
 def test_missing_model_file_names_file_and_stage(tmp_path: Path) -> None:
     path = tmp_path / "models" / "dae.pt"
     with pytest.raises(PipelineError, match="missing") as info:
-        load_model(path, "train_dae")
+        load_model(path, "dae")
     assert str(path) in str(info.value) and "dvc repro train_dae" in str(info.value)
+
+
+@pytest.mark.parametrize(("given", "held"), [("dae", "vae"), ("vae", "dae")])
+@pytest.mark.parametrize("arch", ["reference", "default"])
+def test_a_file_of_the_other_kind_is_refused_naming_file_content_and_stage(
+    tmp_path: Path, given: str, held: str, arch: str
+) -> None:
+    arch = arch if arch == "reference" else {"dae": "unet", "vae": "conv"}[held]
+    path = tmp_path / "models" / f"{given}.pt"
+    path.parent.mkdir()
+    save_model(small_model(held, arch), small_spec(held, arch), path)
+    with pytest.raises(PipelineError) as info:
+        load_model(path, given)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"holds a {held!r} model ({arch})" in message and f"not a {given!r} model" in message
+    assert f"dvc repro train_{given}" in message
+    assert isinstance(load_model(path, held), REGISTRY[held, arch].cls)  # as its own kind: fine

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from pipeline.check_regression import Tolerance, UsageError, load_tolerances, lookup
-from tests.helpers import DELETE, ROOT, VENV_BIN, dvc, git, ran_stages, repro, run, set_dotted
+from pipeline.yamlio import parse_yaml, read_yaml
+from tests.helpers import DELETE, ROOT, dvc, git, ran_stages, repro, run_stage, set_dotted
 
 e2e = pytest.mark.e2e
 METRICS = "metrics/test.json"
@@ -29,8 +30,7 @@ QUEUE_TIMEOUT_S = 1800
 
 def gate(repo: Path, *args: str) -> Any:
     """Run the regression gate in `repo` (exit code not checked)."""
-    cmd = [str(VENV_BIN / "python"), "-m", "pipeline.check_regression", *args]
-    return run(cmd, repo, check=False)
+    return run_stage(repo, "check_regression", *args)
 
 
 def statuses(table: str) -> dict[str, str]:
@@ -138,7 +138,7 @@ def test_branch_diffs_params_metrics_and_plots_against_main(swept: Path, tmp_pat
     dvc(repo, "exp", "branch", experiments(repo)[0.3]["name"], "noise-03")
     git(repo, "checkout", "-q", "noise-03")
     dvc(repo, "checkout")
-    main_params = yaml.safe_load(git(repo, "show", "main:params.yaml").stdout)
+    main_params = parse_yaml(git(repo, "show", "main:params.yaml").stdout, "main:params.yaml")
     main_metrics = json.loads(git(repo, "show", f"main:{METRICS}").stdout)
     branch_metrics = json.loads((repo / METRICS).read_text())
 
@@ -291,8 +291,8 @@ def test_project_tolerances_watch_both_models() -> None:
 
 
 def test_pr_workflow_runs_tests_diffs_and_the_gate() -> None:
-    workflow = yaml.safe_load((ROOT / ".github/workflows/pr.yml").read_text())
-    assert "pull_request" in workflow[True]  # YAML 1.1 reads the key `on` as True
+    workflow = read_yaml(ROOT / ".github/workflows/pr.yml")
+    assert "pull_request" in workflow["on"]  # YAML 1.2, as GitHub reads it: `on` is a string
     steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
     script = "\n".join(step.get("run", "") for step in steps)
     for command in ("make test", "dvc metrics diff", "dvc plots diff", "check_regression"):

