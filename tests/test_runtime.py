@@ -304,6 +304,9 @@ def test_ctrl_c_during_training_exits_130_and_keeps_the_previous_outputs(
             stdout=out,
             stderr=subprocess.PIPE,
             text=True,
+            # as from a terminal: a shell runs background jobs (CI, nohup) with SIGINT ignored,
+            # and Python then installs no KeyboardInterrupt handler
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         deadline = time.monotonic() + 240
