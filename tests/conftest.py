@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import MNIST_FILES, SHARED_MNIST, VENV_BIN, new_project, repro, synthetic_mnist
 
@@ -72,3 +73,16 @@ def reproduced_copy(reproduced: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "repo"
     shutil.copytree(reproduced, dest, symlinks=True)
     return dest
+
+
+@pytest.fixture
+def torch_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One torch thread (tiny ops gain nothing from more, and results are then bit-identical)
+    and CUBLAS_WORKSPACE_CONFIG; torch's thread count and determinism switch, which the stages
+    set process-wide, are restored afterwards."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)

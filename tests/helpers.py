@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import gzip
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+import torch
 import yaml
+
+from pipeline.data import add_noise, save_split
+from pipeline.paths import NOISY_DIR
+from pipeline.yamlio import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "mnist"
@@ -182,3 +193,90 @@ def repro(repo: Path, *args: str, mirror: Path | None = None, check: bool = True
     """`dvc repro` in `repo` with MNIST_MIRROR pointing at `mirror`."""
     env = {**os.environ, **({"MNIST_MIRROR": str(mirror)} if mirror else {})}
     return run([str(VENV_BIN / "dvc"), "repro", *args], repo, check=check, env=env)
+
+
+# ------------------------------------------------ files, and tiny folders for in-process stages
+
+
+def file_hashes(root: Path, paths: list[Path]) -> dict[str, str]:
+    """SHA-256 of every file at or under `paths`, by its path relative to `root`."""
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
+    return {
+        str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in files
+        if f.is_file()
+    }
+
+
+def temporaries(root: Path) -> list[Path]:
+    """Leftovers of interrupted `publish` calls (`.<name>.tmp-*`), outside .git and .dvc."""
+    found = root.rglob(".*.tmp-*")
+    return [p for p in found if p.relative_to(root).parts[0] not in (".git", ".dvc")]
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """`chattr +i path` for the block (skips the test where chattr is unavailable or refused)."""
+    try:
+        proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("chattr is not installed")
+    if proc.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {proc.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+DEFAULT_PARAMS = read_yaml(ROOT / "params.yaml")
+# In-process stage runs in a tiny folder: small enough for a few seconds per test on one
+# thread; `device: cpu` so results do not depend
+# on the machine having a GPU.
+TINY_FOLDER: dict[str, Any] = {
+    "device": "cpu",
+    "data.train_size": 64,
+    "data.val_size": 32,
+    "data.test_size": 40,
+    "dae.epochs": 1,
+    "dae.batch_size": 16,
+    "dae.channels": 4,
+    "vae.epochs": 1,
+    "vae.batch_size": 16,
+    "vae.channels": 4,
+    "vae.latent_dim": 3,
+    "vae.kl_warmup_epochs": 0,
+    "evaluate.batch_size": 20,
+    "evaluate.noise_levels": [0.0, 0.5],
+    "plot.n_digits": 10,
+    "plot.n_prior_samples": 4,
+}
+
+
+def raw_params(changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The project's params.yaml as a mapping, with TINY_FOLDER and then `changes` applied."""
+    return set_dotted(copy.deepcopy(DEFAULT_PARAMS), {**TINY_FOLDER, **(changes or {})})
+
+
+def write_params(folder: Path, changes: dict[str, Any] | None = None) -> None:
+    """params.yaml for a stage run in `folder` (JSON: valid YAML 1.2, as DVC reads it)."""
+    (folder / "params.yaml").write_text(json.dumps(raw_params(changes), indent=1))
+
+
+def tiny_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean uint8 N x 28 x 28 random strokes, labels cycling through 0-9)."""
+    gen = torch.Generator().manual_seed(seed)
+    ink = torch.randint(128, 256, (n, 28, 28), generator=gen, dtype=torch.uint8)
+    clean = torch.where(torch.rand(n, 28, 28, generator=gen) > 0.8, ink, 0).to(torch.uint8)
+    return clean, torch.arange(n) % 10
+
+
+def write_splits(folder: Path, sizes: dict[str, int] | None = None) -> None:
+    """data/noisy/{train,val,test}.pt under `folder`, written by `save_split`."""
+    noisy_dir = folder / NOISY_DIR
+    noisy_dir.mkdir(parents=True, exist_ok=True)
+    for i, (name, n) in enumerate((sizes or {"train": 64, "val": 32, "test": 40}).items()):
+        clean, labels = tiny_images(n, seed=10 + i)
+        gen = torch.Generator().manual_seed(20 + i)
+        noisy = add_noise(clean.float() / 255, "gaussian", 0.5, True, gen)
+        save_split(noisy_dir / f"{name}.pt", clean, noisy, labels)

@@ -5,7 +5,6 @@ byte-identical results."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -34,12 +33,14 @@ from tests.helpers import (
     ROOT,
     VENV_BIN,
     dvc,
+    file_hashes,
     git,
     new_project,
     repro,
     run_stage,
     set_dotted,
     set_params,
+    temporaries,
 )
 
 # 2048 images in batches of 16: 128 batches of the tiny DAE, long enough to kill mid-epoch.
@@ -61,22 +62,6 @@ def stage_outputs(repo: Path, name: str) -> list[Path]:
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][name]
     entries = [e for key in ("outs", "metrics", "plots") for e in spec.get(key, [])]
     return [repo / (e if isinstance(e, str) else next(iter(e))) for e in entries]
-
-
-def snapshot(root: Path, paths: list[Path]) -> dict[str, str]:
-    """SHA-256 of every file at or under `paths`, by its path relative to `root`."""
-    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
-    return {
-        str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
-        for f in files
-        if f.is_file()
-    }
-
-
-def temporaries(root: Path) -> list[Path]:
-    """Leftovers of interrupted atomic writes (`.<name>.tmp-*`), outside .git and .dvc."""
-    found = root.rglob(".*.tmp-*")
-    return [p for p in found if p.relative_to(root).parts[0] not in (".git", ".dvc")]
 
 
 def replace_bytes(relpath: str, data: Callable[[bytes], bytes]) -> Breakage:
@@ -152,7 +137,7 @@ def test_a_failing_stage_exits_1_with_one_message_and_keeps_its_previous_outputs
 ) -> None:
     outputs = stage_outputs(reproduced_copy, name)
     assert all(path.exists() for path in outputs)  # a previous good result, to be kept
-    before = snapshot(reproduced_copy, outputs)
+    before = file_hashes(reproduced_copy, outputs)
     breakage(reproduced_copy)
 
     proc = run_stage(reproduced_copy, name)
@@ -162,7 +147,7 @@ def test_a_failing_stage_exits_1_with_one_message_and_keeps_its_previous_outputs
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, proc.stderr  # one message, on one line, holding the whole story
     assert all(fragment in errors[0] for fragment in expected), errors[0]
-    assert snapshot(reproduced_copy, outputs) == before
+    assert file_hashes(reproduced_copy, outputs) == before
     assert temporaries(reproduced_copy) == []
 
 
@@ -326,7 +311,7 @@ def test_two_projects_reproduce_byte_identical_results(
         "metrics/*.csv",
         "metrics/train/*/metrics.json",
     ]:
-        expected = snapshot(reproduced, list(reproduced.glob(pattern)))
+        expected = file_hashes(reproduced, list(reproduced.glob(pattern)))
         assert expected, f"{pattern} matches nothing"
-        assert snapshot(other, list(other.glob(pattern))) == expected
+        assert file_hashes(other, list(other.glob(pattern))) == expected
     assert (other / "dvc.lock").read_text() == (reproduced / "dvc.lock").read_text()

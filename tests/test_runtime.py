@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,7 @@ from pipeline.__main__ import STAGES
 from pipeline.cli import INTERRUPTED, stage
 from pipeline.errors import PipelineError
 from pipeline.runtime import publish
-from tests.helpers import ROOT, VENV_BIN
-from tests.test_training import temporaries, write_params, write_splits
+from tests.helpers import ROOT, VENV_BIN, immutable, temporaries, write_params, write_splits
 
 PYTHON = str(VENV_BIN / "python")
 
@@ -34,21 +32,6 @@ def snapshot(root: Path) -> dict[str, str]:
         else "dir"
         for p in sorted(root.rglob("*"))
     }
-
-
-@contextlib.contextmanager
-def immutable(path: Path) -> Iterator[None]:
-    """`chattr +i path` for the block (skips the test where chattr is unavailable or refused)."""
-    try:
-        proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("chattr is not installed")
-    if proc.returncode != 0:
-        pytest.skip(f"chattr +i is not supported here: {proc.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ SECRET = "moto-test-secret-not-for-git-0123456789"
 def s3_endpoint() -> Iterator[str]:
     """http://127.0.0.1:<port> of a moto S3 server holding an empty bucket."""
     try:
-        import boto3
         from moto.server import ThreadedMotoServer
 
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -36,14 +35,7 @@ def s3_endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     try:
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=KEY_ID,
-            aws_secret_access_key=SECRET,
-            region_name="us-east-1",
-        )
-        client.create_bucket(Bucket=BUCKET)
+        s3_client(endpoint).create_bucket(Bucket=BUCKET)
         yield endpoint
     finally:
         server.stop()
@@ -74,17 +66,21 @@ def set_local_credentials(repo: Path, endpoint: str) -> None:
     dvc(repo, "remote", "modify", "--local", "s3", "secret_access_key", SECRET)
 
 
-def bucket_keys(endpoint: str) -> list[str]:
+def s3_client(endpoint: str):
+    """A boto3 S3 client of the test server, with the test credentials."""
     import boto3
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id=KEY_ID,
         aws_secret_access_key=SECRET,
         region_name="us-east-1",
     )
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+
+
+def bucket_keys(endpoint: str) -> list[str]:
+    pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 

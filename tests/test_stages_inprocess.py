@@ -20,13 +20,13 @@ from pipeline.config import load_params
 from pipeline.data import load_split
 from pipeline.models import load_model
 from pipeline.paths import METRICS_DIR, MODELS_DIR, NOISY_DIR, PARAMS_OK, PLOTS_DIR
-from tests.test_runtime import immutable, snapshot
-from tests.test_training import temporaries, write_params, write_splits
+from tests.helpers import immutable, temporaries, write_params, write_splits
+from tests.test_runtime import snapshot
 
 CPU = torch.device("cpu")
 PNG = b"\x89PNG\r\n\x1a\n"
 N_TEST = 40
-LATENT_DIM = 3  # tests.test_training.TINY
+LATENT_DIM = 3  # tests.helpers.TINY_FOLDER
 
 
 def run_main(main, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -40,15 +40,7 @@ def run_main(main, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.fixture(autouse=True)
-def process_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One torch thread; torch's determinism switch (which stages turn on) restored after."""
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("torch_state")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

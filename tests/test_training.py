@@ -3,12 +3,10 @@ noise, divergence, bf16, the memory check, the params' upper bounds, and `train_
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,10 +27,10 @@ from pipeline.config import (
     ParamsError,
     parse_params,
 )
-from pipeline.data import Split, add_noise, derive_seed, save_split
+from pipeline.data import Split, add_noise, derive_seed
 from pipeline.errors import PipelineError
 from pipeline.models import build, dae_loss, load_model, model_spec
-from pipeline.paths import MODELS_DIR, NOISY_DIR, TRAIN_LOG_DIR
+from pipeline.paths import MODELS_DIR, TRAIN_LOG_DIR
 from pipeline.training import (
     check_memory,
     check_precision,
@@ -42,31 +40,9 @@ from pipeline.training import (
     train_step,
     validate,
 )
-from pipeline.yamlio import read_yaml
-from tests.helpers import ROOT, set_dotted
+from tests.helpers import raw_params, temporaries, tiny_images, write_splits
 
 CPU = torch.device("cpu")
-DEFAULT = read_yaml(ROOT / "params.yaml")
-# Small enough for a few seconds per test on one thread; `device: cpu` so results do not depend
-# on the machine having a GPU.
-TINY: dict[str, Any] = {
-    "device": "cpu",
-    "data.train_size": 64,
-    "data.val_size": 32,
-    "data.test_size": 40,
-    "dae.epochs": 1,
-    "dae.batch_size": 16,
-    "dae.channels": 4,
-    "vae.epochs": 1,
-    "vae.batch_size": 16,
-    "vae.channels": 4,
-    "vae.latent_dim": 3,
-    "vae.kl_warmup_epochs": 0,
-    "evaluate.batch_size": 20,
-    "evaluate.noise_levels": [0.0, 0.5],
-    "plot.n_digits": 10,
-    "plot.n_prior_samples": 4,
-}
 NOISE = NoiseParams(kind="gaussian", std=0.5, amount=0.2, clip=True)
 EPOCH_LINE = re.compile(
     r"^(\w+) epoch (\d+)/(\d+): train loss [-\d.e+]+, val loss [-\d.e+]+, "
@@ -77,26 +53,8 @@ EPOCH_LINE = re.compile(
 # ------------------------------------------------------------------ helpers shared by the tests
 
 
-def raw_params(changes: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The project's params.yaml as a mapping, with TINY and then `changes` applied."""
-    return set_dotted(copy.deepcopy(DEFAULT), {**TINY, **(changes or {})})
-
-
 def tiny_params(changes: dict[str, Any] | None = None) -> Params:
     return parse_params(raw_params(changes))
-
-
-def write_params(folder: Path, changes: dict[str, Any] | None = None) -> None:
-    """params.yaml for a stage run in `folder` (JSON: valid YAML 1.2, as DVC reads it)."""
-    (folder / "params.yaml").write_text(json.dumps(raw_params(changes), indent=1))
-
-
-def tiny_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean uint8 N x 28 x 28 random strokes, labels cycling through 0-9)."""
-    gen = torch.Generator().manual_seed(seed)
-    ink = torch.randint(128, 256, (n, 28, 28), generator=gen, dtype=torch.uint8)
-    clean = torch.where(torch.rand(n, 28, 28, generator=gen) > 0.8, ink, 0).to(torch.uint8)
-    return clean, torch.arange(n) % 10
 
 
 def tiny_split(n: int, seed: int = 0) -> Split:
@@ -105,22 +63,6 @@ def tiny_split(n: int, seed: int = 0) -> Split:
     clean = clean.unsqueeze(1).float() / 255
     noisy = add_noise(clean, "gaussian", 0.5, True, torch.Generator().manual_seed(seed + 1))
     return Split(clean, noisy, labels)
-
-
-def write_splits(folder: Path, sizes: dict[str, int] | None = None) -> None:
-    """data/noisy/{train,val,test}.pt under `folder`, written by `save_split`."""
-    noisy_dir = folder / NOISY_DIR
-    noisy_dir.mkdir(parents=True, exist_ok=True)
-    for i, (name, n) in enumerate((sizes or {"train": 64, "val": 32, "test": 40}).items()):
-        clean, labels = tiny_images(n, seed=10 + i)
-        gen = torch.Generator().manual_seed(20 + i)
-        noisy = add_noise(clean.float() / 255, "gaussian", 0.5, True, gen)
-        save_split(noisy_dir / f"{name}.pt", clean, noisy, labels)
-
-
-def temporaries(root: Path) -> list[Path]:
-    """Leftovers of `publish` (`.<name>.tmp-*`) anywhere under `root`."""
-    return list(root.rglob(".*.tmp-*"))
 
 
 def outputs(root: Path) -> dict[Path, bytes]:
@@ -161,18 +103,10 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def process_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Run in `tmp_path` (dvclive looks for a git/DVC repo from the working folder); one torch
-    thread (tiny ops gain nothing from more, and results are then bit-identical);
-    torch's determinism switch and CUBLAS_WORKSPACE_CONFIG, which `set_determinism` sets
-    process-wide, are restored afterwards."""
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch_state: None) -> None:
+    """Run in `tmp_path` (dvclive looks for a git/DVC repo from the working folder), with the
+    `torch_state` of tests/conftest.py."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
 
 
 # ------------------------------------------------------------------------------------ fit

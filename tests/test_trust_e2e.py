@@ -8,7 +8,6 @@ what it changes (the bad-params cases share one copy and run only `validate`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -25,7 +24,9 @@ from tests.helpers import (
     ROOT,
     VENV_BIN,
     dvc,
+    file_hashes,
     git,
+    immutable,
     new_project,
     ran_stages,
     repro,
@@ -45,11 +46,7 @@ Edit = Callable[[Path], None]
 def fingerprint(repo: Path) -> dict[str, str]:
     """SHA-256 of every file under data/, models/, metrics/, plots/ (metrics/train/ included),
     and of dvc.lock, by path relative to `repo`."""
-    files = []
-    for name in OUTPUT_ROOTS:
-        path = repo / name
-        files += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(f.relative_to(repo)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    return file_hashes(repo, [repo / name for name in OUTPUT_ROOTS])
 
 
 def output(proc) -> str:
@@ -168,12 +165,7 @@ def test_an_unwritable_output_fails_evaluate_quickly_and_keeps_the_others(
     """The first and the last output: DVC deletes none of them first (`persist: true`),
     and the stage refuses before any work."""
     repo = reproduced_copy
-    if shutil.which("chattr") is None:
-        pytest.skip("no chattr")
-    locked = run(["chattr", "+i", target], repo, check=False)
-    if locked.returncode != 0:
-        pytest.skip(f"chattr +i is not possible here: {locked.stderr.strip()}")
-    try:
+    with immutable(repo / target):
         before = fingerprint(repo)
         start = time.monotonic()
         proc = repro(repo, "--single-item", "--force", "evaluate", check=False)
@@ -187,8 +179,6 @@ def test_an_unwritable_output_fails_evaluate_quickly_and_keeps_the_others(
         assert direct.returncode == 1, output(direct)
         assert f"error: cannot write {target}: it is read-only or immutable" in direct.stderr
         assert fingerprint(repo) == before
-    finally:
-        run(["chattr", "-i", target], repo, check=False)
 
 
 @e2e
