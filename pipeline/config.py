@@ -36,6 +36,7 @@ MAX_BATCH = 8192
 MAX_EVAL_BATCH = 10_000
 MAX_EPOCHS = 1000
 
+PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
