@@ -21,12 +21,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.datasets import MNIST
 from torchvision.transforms import ToTensor
 
-from pipeline.config import Params, TrainParams, load_params
 from pipeline.data import Split, add_noise, load_mnist, load_split
-from pipeline.errors import PipelineError
-from pipeline.models import LossFn, build, loss_for, model_spec
-from pipeline.paths import DATA_DIR, NOISY_DIR
-from pipeline.runtime import resolve_device, set_determinism, write_json
+from pipeline.plumbing.config import Params, TrainParams, load_params
+from pipeline.plumbing.errors import PipelineError
+from pipeline.plumbing.publish import write_json
+from pipeline.registry import LossFn, lookup
+from pipeline.runtime import resolve_device, set_determinism
 from pipeline.training import epoch_batches, make_optimizer, train_step
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
@@ -122,9 +122,11 @@ def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 8) -> float:
     return rates({"mm": product}, reps, 1, device, rounds=1)["mm"] / 1e9
 
 
-def mnist_root() -> Path:
-    """`data` (the pipeline's), else $MNIST_ROOT, else /tmp/mn: the first holding MNIST/raw."""
-    for root in [DATA_DIR, Path(os.environ.get("MNIST_ROOT", "/tmp/mn")), Path("/tmp/mn")]:
+def mnist_root(params: Params) -> Path:
+    """`data` (the pipeline's: `paths.mnist`), else $MNIST_ROOT, else /tmp/mn: the first
+    holding MNIST/raw."""
+    pipeline_root = Path(params.paths.mnist).parent
+    for root in [pipeline_root, Path(os.environ.get("MNIST_ROOT", "/tmp/mn")), Path("/tmp/mn")]:
         if (root / "MNIST" / "raw").is_dir():
             return root
     raise PipelineError("no MNIST in data/, $MNIST_ROOT or /tmp/mn; run `dvc repro download` first")
@@ -132,9 +134,11 @@ def mnist_root() -> Path:
 
 def noisy_train(params: Params) -> Split:
     """data/noisy/train.pt if made, else the same float32 tensors built in memory from MNIST."""
-    if (NOISY_DIR / "train.pt").exists():
-        return load_split(NOISY_DIR / "train.pt")
-    clean = load_mnist(mnist_root(), train=True)[0][: params.data.train_size].unsqueeze(1) / 255
+    train_file = Path(params.paths.noisy) / "train.pt"
+    if train_file.exists():
+        return load_split(train_file)
+    images = load_mnist(mnist_root(params) / "MNIST", train=True)[0]
+    clean = images[: params.data.train_size].unsqueeze(1) / 255
     noise, gen = params.noise, torch.Generator().manual_seed(params.seed)
     noisy = add_noise(clean, noise.kind, noise.level, noise.clip, gen)
     return Split(clean, noisy, torch.zeros(len(clean), dtype=torch.long))
@@ -171,11 +175,12 @@ def main() -> None:
     cfg = params.dae if args.kind == "dae" else params.vae
     batch = args.batch_size or cfg.batch_size
     torch.set_num_threads(args.threads)  # for both loops (the naive one loads in-process)
-    set_determinism(params.seed)  # as train_stage does before fit()
+    set_determinism(params.seed, "init", args.kind)  # as the train stage does before fit()
     device = resolve_device(args.device or params.device)
-    loss_fn = loss_for(args.kind, cfg)
+    entry = lookup(args.kind, cfg.arch)
+    loss_fn = entry.loss_of(cfg)
     split = noisy_train(params).to(device)  # one-off loading: not timed
-    tutorial = NoisyDataset(MNIST(str(mnist_root()), transform=ToTensor()), params.noise.std)
+    tutorial = NoisyDataset(MNIST(str(mnist_root(params)), transform=ToTensor()), params.noise.std)
     f: dict[str, Any] = dict(torch=torch.__version__, device=str(device))
     f |= dict(device_name=device_name(device), threads=torch.get_num_threads(), kind=args.kind)
     f |= dict(arch=cfg.arch, batch_size=batch, steps=args.steps, warmup=args.warmup)
@@ -184,7 +189,7 @@ def main() -> None:
     steps: dict[str, Callable[[], int]] = {}
     for name, batches in sources.items():
         torch.manual_seed(params.seed)  # the same initial weights for both
-        model = build(model_spec(args.kind, cfg))
+        model = entry.build(entry.spec(cfg))
         if name == "ours":  # as fit() does; a tutorial leaves the default layout
             model = model.to(memory_format=torch.channels_last)
         model = model.to(device)

@@ -5,6 +5,13 @@ metrics through DVC (as `dvc metrics diff` does), prints a markdown table and ex
 watched metric is worse by more than max(abs, rel * |old|), 1 when one is, 2 on a usage problem
 (explained on one `error:` line; the arguments and the tolerance file are checked before any
 metric is read) and 3 when the gate itself fails unexpectedly (a bug, never a regression).
+
+A watched metric that is not a finite number (NaN, Infinity or -Infinity, which DVC reads from
+JSON) on either side counts as a regression, exit 1, and is marked in its table row: a model
+whose metric overflowed or diverged is worse than any finite result, and a non-finite value on
+the old side leaves nothing to compare with (an infinite "improvement" never passes). A metric
+that is missing, not a number, or an integer too large for a float (beyond about 1.8e308) is a
+usage problem, exit 2.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from pipeline.yamlio import YAMLFileError, read_yaml
+from pipeline.plumbing.yamlio import YAMLFileError, one_line, read_yaml
 
 OK, REGRESSED, USAGE, INTERNAL = 0, 1, 2, 3
 WORKSPACE = "workspace"
@@ -46,7 +53,10 @@ class Tolerance(BaseModel):
         return max(self.abs, self.rel * math.fabs(old))
 
     def regressed(self, old: float, new: float) -> bool:
-        """Worse by more than :meth:`allowed` (a NaN on either side counts as a regression)."""
+        """Worse by more than :meth:`allowed`; a non-finite value (NaN, inf, -inf) on either
+        side counts as a regression."""
+        if not (math.isfinite(old) and math.isfinite(new)):
+            return True
         worsening = new - old if self.direction == "lower" else old - new
         return not worsening <= self.allowed(old)
 
@@ -153,12 +163,9 @@ def unreadable(err: BaseException) -> str:
     return one_line(text)
 
 
-def one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def lookup(data: Any, key: str) -> float | None:
-    """The number at dotted `key` in nested mappings, or None when absent or not a number."""
+    """The number at dotted `key` in nested mappings, or None when absent or not a number;
+    OverflowError for an integer too large for a float."""
     for part in key.split("."):
         if not isinstance(data, dict) or part not in data:
             return None
@@ -171,10 +178,20 @@ def compare(tolerances: Tolerances, old: dict, new: dict, rev: str) -> list[Row]
     rows, missing = [], []
     for file, keys in tolerances.items():
         for key, tolerance in keys.items():
-            values = {side: lookup(d[file], key) for side, d in ((rev, old), (WORKSPACE, new))}
-            gone = [side for side, value in values.items() if value is None]
-            missing += [f"{file}: {key} is missing or not a number at {side}" for side in gone]
-            if not gone:
+            values: dict[str, float | None] = {}
+            for side, data in ((rev, old), (WORKSPACE, new)):
+                try:
+                    values[side] = lookup(data[file], key)
+                except OverflowError:
+                    values[side] = None
+                    missing.append(
+                        f"{file}: {key} at {side} is an integer too large to compare "
+                        "(beyond the float range, about 1.8e308)"
+                    )
+                    continue
+                if values[side] is None:
+                    missing.append(f"{file}: {key} is missing or not a number at {side}")
+            if None not in values.values():
                 rows.append(Row(f"{file}: {key}", tolerance, values[rev], values[WORKSPACE]))
     if missing:
         raise UsageError("cannot compare: " + "; ".join(missing))
@@ -193,7 +210,8 @@ def render(rows: list[Row], rev: str) -> str:
         metric, tol, old, new = row
         change = f"{new - old:+.4g}" + (f" ({(new - old) / math.fabs(old):+.1%})" if old else "")
         allowed = f"{tol.allowed(old):.3g} ({tol.direction} is better)"
-        status = "❌" if row.regressed else "✅"
+        finite = math.isfinite(old) and math.isfinite(new)
+        status = ("❌" if finite else "❌ not a finite number") if row.regressed else "✅"
         lines.append(f"| {metric} | {old:.5g} | {new:.5g} | {change} | {allowed} | {status} |")
     failed = sum(row.regressed for row in rows)
     return "\n".join([*lines, "", f"{failed} of {len(rows)} watched metrics regressed."])

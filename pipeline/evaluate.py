@@ -1,76 +1,119 @@
 """Stage `evaluate`: DAE, VAE and two baselines on the noisy test images.
 
-Reads params `seed`, `device`, `noise.kind`, `noise.clip`, `evaluate`; data/noisy/test.pt,
-models/dae.pt, models/vae.pt.
-Writes metrics/test.json (MSE, PSNR, SSIM per method; the VAE's KL and active latent
-dimensions), and plot data: metrics/per_digit.csv, metrics/robustness.csv (MSE at each
-`evaluate.noise_levels` value of `noise.kind`, no retraining) and metrics/vae_kl.csv.
+Reads params `seed`, `device`, `noise.kind`, `noise.clip`, `evaluate`, `paths`;
+data/noisy/test.pt, models/dae.pt, models/vae.pt.
+Writes metrics/test.json (MSE, PSNR, SSIM per method, each with its 95% bootstrap interval over
+test images, `<metric>_lo` / `<metric>_hi`; the paired difference `dae_minus_vae`; the VAE's KL
+and active latent dimensions), and plot data: metrics/per_digit.csv, metrics/robustness.csv
+(MSE at each `evaluate.noise_levels` value of `noise.kind`, no retraining), metrics/vae_kl.csv.
+Non-finite metrics are refused (nothing written), naming the model to retrain.
 """
+
+import math
+from pathlib import Path
 
 import pandas as pd
 import torch
 
-from pipeline.cli import stage
-from pipeline.config import Params, load_params
 from pipeline.data import Split, add_noise, load_split
-from pipeline.metrics import blur_baseline, denoise_all, image_metrics, mse, per_class_mse
-from pipeline.models import Denoiser, VAEBase, kl_per_dim, load_model
-from pipeline.paths import METRICS_DIR, MODELS_DIR, NOISY_DIR
-from pipeline.runtime import publish, resolve_device, set_determinism, write_json
+from pipeline.metrics import (
+    blur_baseline,
+    bootstrap_indices,
+    denoise_all,
+    mse,
+    per_class_mse,
+    per_image,
+    with_interval,
+)
+from pipeline.models import Denoiser, VAEBase
+from pipeline.plumbing.cli import stage
+from pipeline.plumbing.config import Params, load_params
+from pipeline.plumbing.errors import PipelineError
+from pipeline.plumbing.publish import publish, write_json, write_text
+from pipeline.registry import kl_per_dim, load_model
+from pipeline.runtime import generator, resolve_device, set_determinism
 
 ACTIVE_KL_NATS = 0.01  # a latent dimension carrying less than this is counted as collapsed
-ROBUSTNESS_SEED_OFFSET = 10  # make_noisy uses seed + 1..3
-OUTPUTS = ("test.json", "per_digit.csv", "robustness.csv", "vae_kl.csv")
+METRICS = ("mse", "psnr", "ssim")  # each with a 95% interval
 
 
 @stage
 def main() -> None:
     params = load_params()
-    set_determinism(params.seed)
+    paths = params.paths
+    set_determinism(params.seed, "evaluate")
     device = resolve_device(params.device)
-    with publish(*(METRICS_DIR / name for name in OUTPUTS)) as tmp:  # writable? then work
-        test = load_split(NOISY_DIR / "test.pt").to(device)
-        dae = load_model(MODELS_DIR / "dae.pt", "dae").to(device)
-        vae = load_model(MODELS_DIR / "vae.pt", "vae").to(device)
-        tables = evaluate(params, dae, vae, test, device)
-        for path, table in zip(tmp, tables.values(), strict=True):
+    files = {name: getattr(paths, name) for name in ("test_metrics", "per_digit", "robustness",
+                                                     "vae_kl")}  # fmt: skip
+    with publish("evaluate", files=files) as out:  # writable? then work
+        test = load_split(Path(paths.noisy) / "test.pt").to(device)
+        dae, vae = (
+            load_model(Path(paths.models) / f"{k}.pt", k).to(device) for k in ("dae", "vae")
+        )
+        results = evaluate(params, dae, vae, test, device)
+        check_finite(results["test_metrics"])
+        for name, table in results.items():
             if isinstance(table, pd.DataFrame):
-                path.write_text(table.to_csv(index=False, float_format="%.6f"))
+                write_text(getattr(out, name), table.to_csv(index=False, float_format="%.6f"))
             else:
-                write_json(path, table)
-    for name, values in tables["test.json"].items():
-        if isinstance(values, dict):
-            print(f"{name:>5}: " + ", ".join(f"{k} {v:.5g}" for k, v in values.items()))
+                write_json(getattr(out, name), table)
+    for name, v in results["test_metrics"].items():
+        if isinstance(v, dict):
+            shown = [f"{k} {v[k]:.5g} [{v[f'{k}_lo']:.5g}, {v[f'{k}_hi']:.5g}]" for k in METRICS]
+            extra = [f"{k} {v[k]:.5g}" for k in v if k.split("_")[0] not in METRICS]
+            print(f"{name}: " + ", ".join(shown + extra))
 
 
 def evaluate(
     params: Params, dae: Denoiser, vae: VAEBase, test: Split, device: torch.device
 ) -> dict[str, dict | pd.DataFrame]:
-    """Every output of the stage, by file name (see :data:`OUTPUTS`)."""
+    """Every output of the stage, by its `paths` key."""
     cfg, noise = params.evaluate, params.noise
     methods = {"noisy": lambda x: x, "blur": blur_baseline(cfg.blur_sigma), "dae": dae, "vae": vae}
 
     outputs = {name: denoise_all(fn, test.noisy, cfg.batch_size) for name, fn in methods.items()}
-    summary = {name: image_metrics(out, test.clean) for name, out in outputs.items()}
+    scores = {name: per_image(out, test.clean) for name, out in outputs.items()}
+    rows = bootstrap_indices(
+        len(test), cfg.bootstrap_resamples, generator(params.seed, "bootstrap")
+    )
+    summary = {name: with_interval(values, rows) for name, values in scores.items()}
+    paired = {k: scores["dae"][k] - scores["vae"][k] for k in scores["dae"]}
+    summary["dae_minus_vae"] = with_interval(paired, rows)
     kl = latent_kl(vae, test.noisy, cfg.batch_size)
     summary["vae"] |= {"kl": float(kl.sum()), "active_dims": int((kl > ACTIVE_KL_NATS).sum())}
 
     per_digit = {n: per_class_mse(out, test.clean, test.labels) for n, out in outputs.items()}
-    gen = torch.Generator().manual_seed(params.seed + ROBUSTNESS_SEED_OFFSET)
-    rows = []
+    gen = generator(params.seed, "robustness")
+    curve = []
     for level in cfg.noise_levels:
         noisy = add_noise(test.clean.cpu(), noise.kind, level, noise.clip, gen).to(device)
         row = {
             n: mse(denoise_all(fn, noisy, cfg.batch_size), test.clean) for n, fn in methods.items()
         }
-        rows.append({"noise_level": level, **row})
+        curve.append({"noise_level": level, **row})
 
     return {
-        "test.json": {**summary, "n_images": len(test)},
-        "per_digit.csv": pd.DataFrame({"digit": range(10), **per_digit}),
-        "robustness.csv": pd.DataFrame(rows),
-        "vae_kl.csv": pd.DataFrame({"dim": range(len(kl)), "kl": kl.tolist()}),
+        "test_metrics": {**summary, "n_images": len(test)},
+        "per_digit": pd.DataFrame({"digit": range(10), **per_digit}),
+        "robustness": pd.DataFrame(curve),
+        "vae_kl": pd.DataFrame({"dim": range(len(kl)), "kl": kl.tolist()}),
     }
+
+
+def check_finite(summary: dict) -> None:
+    """Refuse NaN or infinite metrics (a model with non-finite weights), naming the model."""
+    for method, values in summary.items():
+        bad = (
+            [k for k, v in values.items() if not math.isfinite(v)]
+            if isinstance(values, dict)
+            else []
+        )
+        if bad:
+            rerun = (
+                f"; retrain it: `dvc repro -f train@{method}`" if method in ("dae", "vae") else ""
+            )
+            raise PipelineError(f"evaluate: {method} gives non-finite {', '.join(bad)}{rerun}; "
+                                "nothing was written")  # fmt: skip
 
 
 @torch.no_grad()

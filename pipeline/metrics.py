@@ -1,4 +1,5 @@
-"""Image-quality metrics (torchmetrics), the classical baseline, and batched inference."""
+"""Image-quality metrics (torchmetrics) with bootstrap intervals, the classical baseline, and
+batched inference."""
 
 from __future__ import annotations
 
@@ -20,14 +21,38 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(torch.mean((pred - target) ** 2))
 
 
-def image_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """MSE, PSNR (dB, mean over images) and SSIM (11x11 Gaussian window) for N x 1 x H x W
-    images in [0, 1]."""
+def per_image(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MSE, PSNR (dB) and SSIM (11x11 Gaussian window) of each of N x 1 x H x W images in
+    [0, 1]: N values each, whose means are the test metrics."""
     return {
-        "mse": mse(pred, target),
-        "psnr": float(peak_signal_noise_ratio(pred, target, data_range=1.0, dim=(1, 2, 3))),
-        "ssim": float(structural_similarity_index_measure(pred, target, data_range=1.0)),
+        "mse": torch.mean((pred - target) ** 2, dim=(1, 2, 3)),
+        "psnr": peak_signal_noise_ratio(
+            pred, target, data_range=1.0, dim=(1, 2, 3), reduction="none"
+        ),
+        "ssim": structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none"),
     }
+
+
+def image_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """The mean of each :func:`per_image` metric."""
+    return {name: float(v.mean()) for name, v in per_image(pred, target).items()}
+
+
+def bootstrap_indices(n: int, resamples: int, gen: torch.Generator) -> torch.Tensor:
+    """`resamples` x `n` image indices drawn with replacement: one row per bootstrap sample,
+    shared by every method so that differences between methods are paired."""
+    return torch.randint(0, n, (resamples, n), generator=gen)
+
+
+def with_interval(values: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, float]:
+    """Each metric's mean over the images and its 95% percentile bootstrap interval
+    (`<name>_lo`, `<name>_hi`) over the resamples `rows`."""
+    out = {}
+    for name, v in values.items():
+        means = v.double().cpu()[rows].mean(dim=1)
+        lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
+        out |= {name: float(v.double().mean()), f"{name}_lo": float(lo), f"{name}_hi": float(hi)}
+    return out
 
 
 def per_class_mse(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> list[float]:

@@ -1,30 +1,17 @@
-"""The denoisers: our DAE and VAE, the reference notebook's layouts, their losses and files.
+"""The denoisers: our DAE (a U-Net) and VAE, and the reference notebook's layouts.
 
 Every model's `forward` maps noisy images (N x 1 x 28 x 28) to denoised images in [0, 1].
-Losses take `(model, noisy, clean, epochs_done)` and return `(loss, terms to log)`.
-:data:`REGISTRY` holds one entry per (kind, arch): its class, the params keys it is built
-from and its loss; a saved model file holds its state dict and the spec that rebuilds it.
+docs/models.md describes each one; `pipeline.registry` builds them from params.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import PipelineError
-from pipeline.runtime import load_torch
-
 IMAGE_PIXELS = 28 * 28
-# loss_fn(model, noisy, clean, epochs_done) -> (loss to minimise, named terms to log)
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, dict]]
 
 
 def conv(c_in: int, c_out: int, stride: int = 1, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -212,106 +199,3 @@ class ReferenceVAE(VAEBase):
             nn.Linear(hidden, IMAGE_PIXELS),
             nn.Unflatten(1, (1, 28, 28)),
         )
-
-
-def dae_loss(
-    model: DAEBase, noisy: torch.Tensor, clean: torch.Tensor, epochs_done: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean squared error of the linear output against the clean image: the test metric itself.
-    (A sigmoid output trained with MSE saturates at 0 within a few steps on MNIST.)"""
-    return F.mse_loss(model.predict(noisy).float(), clean), {}
-
-
-def kl_per_dim(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(q(z|x) || N(0, I)) for each latent dimension, in nats (N x latent_dim)."""
-    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-def vae_loss(
-    model: VAEBase,
-    noisy: torch.Tensor,
-    clean: torch.Tensor,
-    epochs_done: float,
-    beta: float = 1.0,
-    warmup_epochs: int = 0,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Negative ELBO per image: Bernoulli reconstruction of the clean image (nats, summed over
-    pixels) + beta * KL, with beta ramped linearly from 0 over `warmup_epochs`."""
-    mean, logvar = model.encode(noisy)
-    z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
-    logits = model.decode_logits(z).float()
-    recon = F.binary_cross_entropy_with_logits(logits, clean, reduction="sum") / len(clean)
-    kl = kl_per_dim(mean, logvar).sum(dim=1).mean()
-    ramp = min(1.0, epochs_done / warmup_epochs) if warmup_epochs else 1.0
-    return recon + beta * ramp * kl, {"recon": recon, "kl": kl}
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One (kind, arch): the class, the params keys passed to it, and its loss for a section."""
-
-    cls: type[Denoiser]
-    hparams: tuple[str, ...]
-    loss: Callable[[Any], LossFn]
-
-
-def _dae_loss(cfg: Any) -> LossFn:
-    return dae_loss
-
-
-def _vae_loss(cfg: Any) -> LossFn:
-    return partial(vae_loss, beta=cfg.beta, warmup_epochs=cfg.kl_warmup_epochs)
-
-
-REGISTRY: dict[tuple[str, str], Entry] = {
-    ("dae", "unet"): Entry(UNet, ("channels", "levels", "blocks", "block", "fold"), _dae_loss),
-    ("dae", "reference"): Entry(ReferenceDAE, ("channels",), _dae_loss),
-    ("vae", "conv"): Entry(VAE, ("channels", "latent_dim"), _vae_loss),
-    ("vae", "reference"): Entry(ReferenceVAE, ("latent_dim",), _vae_loss),
-}
-
-
-def model_spec(kind: str, cfg: Any) -> dict[str, Any]:
-    """What rebuilds the model of a `dae`/`vae` params section: kind, arch, hyper-parameters."""
-    entry = REGISTRY[kind, cfg.arch]
-    return {"kind": kind, "arch": cfg.arch, **{key: getattr(cfg, key) for key in entry.hparams}}
-
-
-def loss_for(kind: str, cfg: Any) -> LossFn:
-    """The loss of the model a `dae`/`vae` params section describes."""
-    return REGISTRY[kind, cfg.arch].loss(cfg)
-
-
-def build(spec: dict[str, Any]) -> Denoiser:
-    """Instantiate the model a :func:`model_spec` describes."""
-    entry = REGISTRY[spec["kind"], spec["arch"]]
-    return entry.cls(**{key: spec[key] for key in entry.hparams})
-
-
-def save_model(model: Denoiser, spec: dict[str, Any], path: Path) -> None:
-    """Write the weights with the spec that rebuilds them (no params.yaml needed)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"spec": spec, "state_dict": state}, path)
-
-
-def load_model(path: Path, kind: str) -> Denoiser:
-    """Rebuild the saved `kind` model (dae or vae) in eval mode. A damaged file, or one that
-    holds the other kind, names the stage that rebuilds it."""
-    stage = f"train_{kind}"
-    blob = load_torch(path, made_by=stage)
-    spec = blob.get("spec") if isinstance(blob, dict) else None
-    if isinstance(spec, dict) and spec.get("kind") != kind:
-        raise PipelineError(
-            f"{path} holds a {spec.get('kind')!r} model ({spec.get('arch')}), not a {kind!r} "
-            f"model; run `dvc repro {stage}` (or `dvc checkout --force {path}`) to rebuild it"
-        )
-    try:
-        if not isinstance(spec, dict):
-            raise ValueError("no model spec in the file")
-        model = build(spec)
-        model.load_state_dict(blob["state_dict"])
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-        raise PipelineError(
-            f"{path} is not a valid model file ({e}); run `dvc repro {stage}` to rebuild it"
-        ) from e
-    return model.eval()

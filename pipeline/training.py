@@ -11,44 +11,18 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import psutil
 import torch
 from dvclive import Live
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.config import NoiseParams, Params, TrainParams
-from pipeline.data import Split, add_noise, derive_seed, load_split
-from pipeline.errors import PipelineError
-from pipeline.models import LossFn, build, loss_for, model_spec, save_model
-from pipeline.paths import MODELS_DIR, NOISY_DIR, TRAIN_LOG_DIR
-from pipeline.runtime import publish, resolve_device, set_determinism, write_json
+from pipeline.data import Split, add_noise
+from pipeline.plumbing.config import NoiseParams, TrainParams
+from pipeline.plumbing.errors import PipelineError
+from pipeline.registry import LossFn
+from pipeline.runtime import generator
 
 VAL_BATCH = 1000  # validation runs without gradients: large batches, few steps
-
-
-def train_stage(kind: str, params: Params) -> None:
-    """What `train_dae` and `train_vae` do: load the splits, build, check the model fits in
-    memory, fit, and publish models/<kind>.pt with metrics/train/<kind>/ (both or neither).
-    The training curves are written in place epoch by epoch (`dvc plots show` follows them)."""
-    cfg: TrainParams = getattr(params, kind)
-    set_determinism(params.seed)
-    device = resolve_device(params.device)
-    check_precision(kind, cfg.precision, device)
-    train, val = (load_split(NOISY_DIR / f"{name}.pt") for name in ("train", "val"))
-    spec = model_spec(kind, cfg)
-    model = build(spec)
-    check_memory(kind, model, cfg.batch_size, device)
-    noise = params.noise if cfg.fresh_noise else None
-    log_dir = TRAIN_LOG_DIR / kind
-    model_file = MODELS_DIR / f"{kind}.pt"
-    with publish(model_file, log_dir / "metrics.json", live=log_dir) as (model_tmp, summary_tmp):
-        summary = fit(
-            model, loss_for(kind, cfg), train, val, cfg, params.seed, device, log_dir, kind, noise
-        )
-        save_model(model, spec, model_tmp)
-        write_json(summary_tmp, summary)
-    print(f"{kind}: validation MSE {summary['val']['mse']:.5f} -> {model_file}")
 
 
 def fit(
@@ -57,6 +31,7 @@ def fit(
     train: Split,
     val: Split,
     cfg: TrainParams,
+    *,
     seed: int,
     device: torch.device,
     live_dir: Path,
@@ -66,13 +41,14 @@ def fit(
     """Train `model` in place with AdamW and a one-cycle schedule; return the last epoch's
     mean train terms and validation metrics (`{"train": ..., "val": ...}`).
 
-    Batches are drawn from in-memory tensors in an order seeded by `seed`. With `noise`, the
-    training images get noise drawn anew each epoch (seeded by `seed` and the epoch) instead
+    Batches are drawn from in-memory tensors in an order from the stream `batch-order/<name>`.
+    With `noise`, the training images get noise drawn anew each epoch (stream `train-noise`,
+    epoch: the same draw for both models) instead
     of the fixed noisy copy. Losses are summed on the device and read once per epoch (no host
     sync per step). Each epoch is logged with dvclive into `live_dir` (step = epoch number)
     and as one line on stdout.
     """
-    order = torch.Generator().manual_seed(seed)
+    order = generator(seed, "batch-order", name)
     steps = math.ceil(len(train) / cfg.batch_size)
     opt, sched = make_optimizer(model, cfg, cfg.epochs * steps)
     model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU
@@ -118,8 +94,9 @@ def fit(
 
 def fresh_noise(clean: torch.Tensor, noise: NoiseParams, seed: int, epoch: int) -> torch.Tensor:
     """This epoch's noisy copy of `clean`, drawn on the CPU (the same on every device)."""
-    gen = torch.Generator().manual_seed(derive_seed(seed, "train-noise", epoch))
-    return add_noise(clean, noise.kind, noise.level, noise.clip, gen)
+    return add_noise(
+        clean, noise.kind, noise.level, noise.clip, generator(seed, "train-noise", epoch)
+    )
 
 
 def make_optimizer(
@@ -180,46 +157,6 @@ def validate(
         for key, value in {"loss": loss, **terms, "mse": mse}.items():
             totals[key] = totals.get(key, 0) + value * len(noisy)
     return {key: float(value) / len(split) for key, value in totals.items()}
-
-
-def check_precision(kind: str, precision: str, device: torch.device) -> None:
-    """bf16 needs a device that computes it (any CPU, a CUDA GPU with bf16 support)."""
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise PipelineError(
-            f"{kind}.precision: bf16 is not supported by {torch.cuda.get_device_name(device)}; "
-            f"set {kind}.precision: fp32"
-        )
-
-
-def check_memory(kind: str, model: nn.Module, batch_size: int, device: torch.device) -> None:
-    """Refuse, before training, a model and batch whose activations cannot fit in memory.
-
-    Estimate: the outputs of every layer for one image (counted in one forward pass), kept
-    for the backward pass and their gradients, times the batch, plus weights and AdamW state.
-    """
-    sizes: list[int] = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
-        for m in model.modules()
-        if not list(m.children())
-    ]
-    with torch.no_grad():
-        model(torch.zeros(1, 1, 28, 28))
-    for hook in hooks:
-        hook.remove()
-    weights = sum(p.numel() for p in model.parameters())
-    need = 4 * (2 * batch_size * sum(sizes) + 4 * weights)
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = psutil.virtual_memory().available
-    if need > free:
-        raise PipelineError(
-            f"{kind}: training needs about {need / 2**30:.1f} GiB of {device.type} memory for "
-            f"{kind}.batch_size = {batch_size} and this model ({weights:,} weights), but "
-            f"{free / 2**30:.1f} GiB is free; lower {kind}.batch_size or the model's size "
-            f"({kind}.channels, {kind}.latent_dim, ...)"
-        )
 
 
 def _check_finite(name: str, what: str, value: float, when: str) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The steps of the `compare` job in .github/workflows/pr.yml, one subcommand a step, so that the
-# job's logic runs (and is tested: tests/test_compare_job.py) outside GitHub too. Run from the
+# job's logic runs (and is tested: tests/test_ci.py) outside GitHub too. Run from the
 # project root with the venv's `dvc` and `python` on PATH (`make compare BASE=main` does).
 #
 #   ci_compare.sh fetch-base   git fetch the base branch into refs/heads/$BASE

@@ -17,9 +17,26 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.errors import PipelineError
-from pipeline.paths import PARAMS_FILE
-from pipeline.yamlio import read_yaml
+from pipeline.plumbing.config import PARAMS_FILE
+from pipeline.plumbing.errors import PipelineError
+from pipeline.plumbing.yamlio import read_yaml
+
+DELETE = object()  # as a value in `set_dotted` changes: remove the key
+
+
+def set_dotted(tree: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`vae.latent_dim`) in a nested mapping in place (DELETE removes one).
+    The one copy: tests/helpers.py loads it from here."""
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node[key]
+        if value is DELETE:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return tree
 
 
 def overrides(path: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -49,13 +66,8 @@ def main() -> None:
         print(" ".join(f"-S {key}={json.dumps(v) if isinstance(v, bool) else v}"
                        for key, v in values.items()))  # fmt: skip
         return
-    for dotted, value in values.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    args.apply.write_text(json.dumps(params, indent=2) + "\n")  # JSON is YAML 1.2
+    # JSON is YAML 1.2
+    args.apply.write_text(json.dumps(set_dotted(params, values), indent=2) + "\n")
 
 
 if __name__ == "__main__":

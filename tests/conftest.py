@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import MNIST_FILES, SHARED_MNIST, VENV_BIN, new_project, repro, synthetic_mnist
+from tests.helpers import (
+    MNIST_FILES,
+    SHARED_MNIST,
+    VENV_BIN,
+    git,
+    new_project,
+    repro,
+    synthetic_mnist,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,6 +72,16 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory, mnist_mirror) -> Path:
     """A tiny project after one full `dvc repro` (shared: copy it before changing it)."""
     repo = new_project(tmp_path_factory.mktemp("reproduced") / "repo", mnist_mirror)
     repro(repo, mirror=mnist_mirror[0])
+    return repo
+
+
+@pytest.fixture(scope="session")
+def committed(reproduced: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of :func:`reproduced` with its results committed on main (shared: copy it)."""
+    repo = tmp_path_factory.mktemp("committed") / "repo"
+    shutil.copytree(reproduced, repo, symlinks=True)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "reproduced results")
     return repo
 
 

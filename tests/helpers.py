@@ -6,11 +6,13 @@ import contextlib
 import copy
 import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from pipeline.data import add_noise, save_split
-from pipeline.paths import NOISY_DIR
-from pipeline.yamlio import read_yaml
+from pipeline.plumbing.yamlio import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "mnist"
@@ -33,7 +33,6 @@ PROJECT_FILES = [
     "params.yaml",
     "regression.yaml",
     ".dvc/config",
-    ".dvc/plots",  # the project's templates of `dvc plots show/diff`
     ".dvcignore",
     ".gitignore",
 ]
@@ -42,25 +41,6 @@ MNIST_FILES = {
     "train-labels-idx1-ubyte": (60_000,),
     "t10k-images-idx3-ubyte": (10_000, 28, 28),
     "t10k-labels-idx1-ubyte": (10_000,),
-}
-
-# Small enough to run the whole pipeline in about a minute on two cores.
-TINY_PARAMS: dict[str, Any] = {
-    "data.train_size": 256,
-    "data.val_size": 64,
-    "data.test_size": 128,
-    "dae.epochs": 1,
-    "dae.batch_size": 64,
-    "dae.channels": 8,
-    "vae.epochs": 1,
-    "vae.batch_size": 64,
-    "vae.channels": 8,
-    "vae.latent_dim": 4,
-    "vae.kl_warmup_epochs": 0,
-    "evaluate.batch_size": 64,
-    "evaluate.noise_levels": [0.25, 0.5],
-    "plot.n_digits": 10,
-    "plot.n_prior_samples": 16,
 }
 
 
@@ -86,28 +66,19 @@ def synthetic_mnist(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-DELETE = object()  # as a value in `set_dotted` changes: remove the key
-
-
-def set_dotted(tree: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (`vae.latent_dim`) in a nested mapping in place (DELETE removes one)."""
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for key in parents:
-            node = node[key]
-        if value is DELETE:
-            del node[leaf]
-        else:
-            node[leaf] = value
-    return tree
+# `set_dotted(tree, {"vae.latent_dim": 3})` and its DELETE value: one copy, in scripts/exp_args.py
+_spec = importlib.util.spec_from_file_location("exp_args", ROOT / "scripts" / "exp_args.py")
+assert _spec and _spec.loader
+exp_args = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(exp_args)
+set_dotted = exp_args.set_dotted
+DELETE = exp_args.DELETE
 
 
 def set_params(repo: Path, changes: dict[str, Any]) -> None:
-    """Set dotted keys (`vae.latent_dim`) in `repo/params.yaml`."""
+    """Set dotted keys (`vae.latent_dim`) in `repo/params.yaml` (written as JSON: YAML 1.2)."""
     path = repo / "params.yaml"
-    params = set_dotted(yaml.safe_load(path.read_text()), changes)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(json.dumps(set_dotted(read_yaml(path), changes), indent=1) + "\n")
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
@@ -172,7 +143,7 @@ def new_project(
         else:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    set_params(dest, {**TINY_PARAMS, **(params or {})})
+    set_params(dest, {**TINY, **(params or {})})
     git(dest, "init", "-q", "-b", "main")
     folder, official = mirror
     if not official:
@@ -230,10 +201,11 @@ def immutable(path: Path) -> Iterator[None]:
 
 
 DEFAULT_PARAMS = read_yaml(ROOT / "params.yaml")
-# In-process stage runs in a tiny folder: small enough for a few seconds per test on one
-# thread; `device: cpu` so results do not depend
-# on the machine having a GPU.
-TINY_FOLDER: dict[str, Any] = {
+NOISY_DIR = Path(DEFAULT_PARAMS["paths"]["noisy"])
+# The one tiny configuration, for `dvc repro` in a temporary project and for stages run in a
+# folder: seconds per stage on one thread; `device: cpu` so results do not depend on the
+# machine having a GPU.
+TINY: dict[str, Any] = {
     "device": "cpu",
     "data.train_size": 64,
     "data.val_size": 32,
@@ -254,8 +226,8 @@ TINY_FOLDER: dict[str, Any] = {
 
 
 def raw_params(changes: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The project's params.yaml as a mapping, with TINY_FOLDER and then `changes` applied."""
-    return set_dotted(copy.deepcopy(DEFAULT_PARAMS), {**TINY_FOLDER, **(changes or {})})
+    """The project's params.yaml as a mapping, with TINY and then `changes` applied."""
+    return set_dotted(copy.deepcopy(DEFAULT_PARAMS), {**TINY, **(changes or {})})
 
 
 def write_params(folder: Path, changes: dict[str, Any] | None = None) -> None:
@@ -280,3 +252,28 @@ def write_splits(folder: Path, sizes: dict[str, int] | None = None) -> None:
         gen = torch.Generator().manual_seed(20 + i)
         noisy = add_noise(clean.float() / 255, "gaussian", 0.5, True, gen)
         save_split(noisy_dir / f"{name}.pt", clean, noisy, labels)
+
+
+def run_main(main: Any, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Call a stage's decorated `main(argv)` in-process: (exit code, stdout, stderr)."""
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def flip_a_tensor_byte(path: Path) -> None:
+    """Flip one bit in the middle of the largest tensor record of a torch file: bit rot that
+    leaves the zip readable (torch checks no CRC), which only a checksum can see."""
+    with zipfile.ZipFile(path) as archive:
+        records = [m for m in archive.infolist() if "/data/" in m.filename]
+    record = max(records, key=lambda m: m.file_size)
+    data = bytearray(path.read_bytes())
+    header = data[record.header_offset : record.header_offset + 30]  # the local file header
+    start = record.header_offset + 30 + int.from_bytes(header[26:28], "little")
+    start += int.from_bytes(header[28:30], "little")  # name and extra field lengths
+    data[start + record.file_size // 2] ^= 0x01
+    path.write_bytes(data)

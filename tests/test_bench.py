@@ -18,16 +18,22 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from bench import throughput as bench
-from pipeline.config import TrainParams
 from pipeline.data import Split
-from pipeline.models import build, dae_loss, vae_loss
-from tests.helpers import ROOT, TINY_PARAMS, set_params
+from pipeline.plumbing.config import TrainParams, parse_params
+from pipeline.registry import dae_loss, lookup, vae_loss
+from tests.helpers import ROOT, TINY, raw_params, set_params
 
 CPU = torch.device("cpu")
 CFG = TrainParams(
     epochs=1, batch_size=16, lr=1e-3, weight_decay=1e-4, fresh_noise=False, precision="fp32"
 )
 UNET = {"kind": "dae", "arch": "unet", "channels": 4, "levels": 1, "blocks": 1}
+
+
+def build(spec: dict) -> nn.Module:
+    return lookup(spec["kind"], spec["arch"]).build(spec)
+
+
 MODELS = {
     "dae": (partial(build, {**UNET, "block": "plain", "fold": 2}), dae_loss),
     "vae": (
@@ -122,9 +128,10 @@ def test_mnist_root_prefers_data_then_the_environment(tmp_path: Path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "env" / "MNIST" / "raw").mkdir(parents=True)
     monkeypatch.setenv("MNIST_ROOT", str(tmp_path / "env"))
-    assert bench.mnist_root() == tmp_path / "env"
+    params = parse_params(raw_params())
+    assert bench.mnist_root(params) == tmp_path / "env"
     (tmp_path / "data" / "MNIST" / "raw").mkdir(parents=True)
-    assert bench.mnist_root() == Path("data")
+    assert bench.mnist_root(params) == Path("data")
 
 
 def write_tiny_mnist(raw: Path, n_train: int, n_test: int) -> None:
@@ -141,7 +148,7 @@ def write_tiny_mnist(raw: Path, n_train: int, n_test: int) -> None:
 def test_main_prints_and_writes_every_figure(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    set_params(tmp_path, TINY_PARAMS)
+    set_params(tmp_path, TINY)
     write_tiny_mnist(tmp_path / "data" / "MNIST" / "raw", n_train=320, n_test=8)
     monkeypatch.setattr(bench, "matmul_gflops", partial(bench.matmul_gflops, n=64, reps=2))
     argv = ["throughput", "--steps", "2", "--warmup", "1", "--batch-size", "16", "--threads"]

@@ -1,18 +1,24 @@
-"""`pipeline.data`: seeded noise with the stated statistics, and the noisy split files."""
+"""`pipeline.data`: seeded noise with the stated statistics, and the noisy split files (checked
+on load: a damaged file names `make_noisy`)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
-from pipeline.data import NOISE_KINDS, Split, add_noise, load_split, save_split
-from pipeline.errors import PipelineError
+from pipeline.data import Split, add_noise, load_split, save_split
+from pipeline.plumbing import tensorfile
+from pipeline.plumbing.config import NoiseKind
+from pipeline.plumbing.errors import PipelineError
+from tests.helpers import flip_a_tensor_byte
 
 N_PIXELS = 200_000
 SIGMAS = 5  # tolerances are this many standard errors of the estimate: ~1 in 3.5 million fails
+NOISE_KINDS = get_args(NoiseKind)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -111,7 +117,7 @@ def test_save_then_load_round_trips(tmp_path: Path) -> None:
     clean, noisy, labels = split_tensors()
     path = tmp_path / "train.pt"
     save_split(path, clean, noisy, labels)
-    stored = torch.load(path, weights_only=True)
+    stored = torch.load(path, weights_only=True)["tensors"]
     assert {k: v.dtype for k, v in stored.items()} == {
         "clean": torch.uint8,
         "noisy": torch.float16,
@@ -164,69 +170,59 @@ def test_a_saved_slice_holds_only_its_own_images(tmp_path: Path, rows: slice) ->
     assert torch.equal(split.labels, part[2].long())
 
 
-def good_bytes(tmp_path: Path) -> bytes:
-    path = tmp_path / "good" / "val.pt"
-    path.parent.mkdir()
-    save_split(path, *split_tensors())
-    return path.read_bytes()
-
-
-def damaged(tmp_path: Path, how: str) -> bytes:
-    """The bytes of a broken split file."""
+def damaged(path: Path, how: str) -> None:
+    """Write a broken split file at `path`."""
     clean, noisy, labels = split_tensors()
-    if how == "truncated":
-        whole = good_bytes(tmp_path)
-        return whole[: len(whole) // 2]
-    if how == "garbage":
-        return b"this is not a torch file\x00\xff" * 10
-    if how == "empty":
-        return b""
-    blobs = {
-        "not-a-dict": [clean, noisy, labels],
+    if how in ("truncated", "garbage", "empty"):
+        save_split(path, clean, noisy, labels)
+        whole = path.read_bytes()
+        broken = {"truncated": whole[: len(whole) // 2], "garbage": b"not torch\x00\xff" * 10}
+        path.write_bytes(broken.get(how, b""))
+        return
+    if how in ("not-a-dict", "unchecked"):  # files torch reads but this pipeline never wrote
+        stored = {"clean": clean, "noisy": noisy.half(), "labels": labels.byte()}
+        torch.save([clean, noisy, labels] if how == "not-a-dict" else stored, path)
+        return
+    tensors = {  # checksummed: the split's own checks must see what is wrong
         "missing-key": {"clean": clean, "noisy": noisy.half()},
-        "wrong-dtype": {"clean": clean, "noisy": noisy, "labels": labels.to(torch.uint8)},
+        "wrong-dtype": {"clean": clean, "noisy": noisy, "labels": labels.byte()},
         "wrong-shape": {"clean": clean, "noisy": noisy[:, :14].half(), "labels": labels.byte()},
         "length-mismatch": {"clean": clean, "noisy": noisy.half(), "labels": labels[:-1].byte()},
-        "no-images": {
-            "clean": clean[:0],
-            "noisy": noisy[:0].half(),
-            "labels": labels[:0].byte(),
-        },
+        "no-images": {"clean": clean[:0], "noisy": noisy[:0].half(), "labels": labels[:0].byte()},
         "scalar-labels": {"clean": clean, "noisy": noisy.half(), "labels": labels[0].byte()},
     }
-    path = tmp_path / "blob.pt"
-    torch.save(blobs[how], path)
-    return path.read_bytes()
+    tensorfile.save(path, {}, tensors[how])
+
+
+def refusal(path: Path) -> str:
+    """The message of the PipelineError `load_split` raises; it names the file and the stage."""
+    with pytest.raises(PipelineError) as info:
+        load_split(path)
+    message = str(info.value)
+    assert str(path) in message and "dvc repro make_noisy" in message, message
+    return message
 
 
 @pytest.mark.parametrize(
     "how",
-    [
-        "truncated",
-        "garbage",
-        "empty",
-        "not-a-dict",
-        "missing-key",
-        "wrong-dtype",
-        "wrong-shape",
-        "length-mismatch",
-        "no-images",
-        "scalar-labels",
-    ],
-)
+    ["truncated", "garbage", "empty", "not-a-dict", "unchecked", "missing-key", "wrong-dtype",
+     "wrong-shape", "length-mismatch", "no-images", "scalar-labels"],
+)  # fmt: skip
 def test_damaged_split_file_names_path_and_make_noisy(tmp_path: Path, how: str) -> None:
     path = tmp_path / "noisy" / "train.pt"
     path.parent.mkdir()
-    path.write_bytes(damaged(tmp_path, how))
-    with pytest.raises(PipelineError) as info:
-        load_split(path)
-    message = str(info.value)
-    assert str(path) in message
-    assert "dvc repro make_noisy" in message
+    damaged(path, how)
+    refusal(path)
 
 
 def test_missing_split_file_names_path_and_make_noisy(tmp_path: Path) -> None:
-    path = tmp_path / "noisy" / "test.pt"
-    with pytest.raises(PipelineError, match="missing") as info:
-        load_split(path)
-    assert str(path) in str(info.value) and "dvc repro make_noisy" in str(info.value)
+    assert "missing" in refusal(tmp_path / "noisy" / "test.pt")
+
+
+def test_a_split_with_one_flipped_bit_is_refused_by_its_checksum(tmp_path: Path) -> None:
+    path = tmp_path / "noisy" / "val.pt"
+    path.parent.mkdir()
+    save_split(path, *split_tensors())
+    flip_a_tensor_byte(path)
+    torch.load(path, weights_only=True)  # torch itself sees nothing wrong
+    assert "checksum" in refusal(path)

@@ -1,8 +1,10 @@
-"""`pipeline.data.fetch_mnist` and the `download` stage against mirrors on the loopback
-interface: good, corrupt, truncated, erroring, refusing and silent servers, and folders."""
+"""`pipeline.download.fetch_mnist` and the `download` stage against mirrors on the loopback
+interface: good, corrupt, truncated, erroring, refusing, silent, endless and slow servers, and
+folders (one of them a symlink to /dev/zero)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import socket
@@ -14,13 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from torchvision.datasets import MNIST
 
-from pipeline.data import DownloadError, fetch_mnist, load_mnist
-from tests.helpers import MNIST_FILES, ROOT, SHARED_MNIST, run_stage, write_idx_gz
+from pipeline.data import load_mnist
+from pipeline.download import DEADLINE_FACTOR, RESOURCES, DownloadError, fetch_mnist
+from tests.helpers import MNIST_FILES, SHARED_MNIST, run_stage, write_idx_gz, write_params
 
 SIZES = {"train": 20, "t10k": 12}  # images per split in the synthetic files
 FIRST = "train-images-idx3-ubyte.gz"  # the first file fetch_mnist asks for
+TINY = 1000  # bytes: the expected size of the fake resource of the endless and slow mirrors
+BRIEF = 0.5  # s: data.timeout_s of the endless-source tests, so that even without the size
+# bound they would stop at the deadline (10 x 0.5 s) instead of filling the disk
 
 
 class MirrorServer(ThreadingHTTPServer):
@@ -42,7 +48,9 @@ class MirrorServer(ThreadingHTTPServer):
 
 class MirrorHandler(BaseHTTPRequestHandler):
     """good: the file; corrupt: one bit flipped; truncated: half the body under a
-    Content-Length for more; error500: HTTP 500; anything else: HTTP 404."""
+    Content-Length for more; error500: HTTP 500; endless: zeros without end (no length);
+    slow: one byte every 0.05 s; anything else: HTTP 404. The endless and slow bodies stop
+    when the client hangs up, or after a bounded number of writes."""
 
     server: MirrorServer
 
@@ -52,6 +60,19 @@ class MirrorHandler(BaseHTTPRequestHandler):
         body = self.server.files.get(name)
         if mode == "error500":
             self.send_error(500)
+        elif mode in ("endless", "slow"):
+            self.send_response(200)
+            if mode == "slow":
+                self.send_header("Content-Length", str(100 * TINY))
+            self.end_headers()
+            chunk, pause, writes = (
+                (b"\0" * 4096, 0, 25_000) if mode == "endless" else (b"x", 0.05, 400)
+            )
+            with contextlib.suppress(OSError):  # the client hung up: what the tests expect
+                for _ in range(writes):  # at most 100 MB, or 20 s
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    time.sleep(pause)
         elif body is None or mode not in ("good", "corrupt", "truncated"):
             self.send_error(404)
         else:
@@ -90,12 +111,13 @@ def folder(tmp_path_factory: pytest.TempPathFactory, arrays: dict[str, np.ndarra
 
 
 @pytest.fixture(scope="module")
-def resources(folder: Path) -> list[tuple[str, str]]:
-    """(file name, MD5) of the synthetic files, as fetch_mnist takes them."""
-    return [
-        (f"{name}.gz", hashlib.md5((folder / f"{name}.gz").read_bytes()).hexdigest())
-        for name in MNIST_FILES
-    ]
+def resources(folder: Path) -> list[tuple[str, str, int]]:
+    """(file name, MD5, size) of the synthetic files, as fetch_mnist takes them."""
+    out = []
+    for name in MNIST_FILES:
+        data = (folder / f"{name}.gz").read_bytes()
+        out.append((f"{name}.gz", hashlib.md5(data).hexdigest(), len(data)))
+    return out
 
 
 @pytest.fixture
@@ -135,7 +157,7 @@ def assert_fetched(root: Path, arrays: dict[str, np.ndarray]) -> None:
     """All four files are present, extracted, and parse to the served arrays."""
     assert raw_files(root) == sorted([*MNIST_FILES, *(f"{n}.gz" for n in MNIST_FILES)])
     for train, prefix in ((True, "train"), (False, "t10k")):
-        images, labels = load_mnist(root, train=train)
+        images, labels = load_mnist(root / "MNIST", train=train)
         np.testing.assert_array_equal(images.numpy(), arrays[f"{prefix}-images-idx3-ubyte"])
         np.testing.assert_array_equal(labels.numpy(), arrays[f"{prefix}-labels-idx1-ubyte"])
 
@@ -146,9 +168,9 @@ def assert_fetched(root: Path, arrays: dict[str, np.ndarray]) -> None:
 def test_good_http_mirror_fetches_checks_and_extracts(
     tmp_path: Path, server: MirrorServer, resources: list, arrays: dict
 ) -> None:
-    fetch_mnist(tmp_path, [server.url("good")], 5, resources)
+    fetch_mnist(tmp_path / "MNIST", [server.url("good")], 5, resources)
     assert_fetched(tmp_path, arrays)
-    assert {p.rsplit("/", 1)[1] for p in server.requests} == {name for name, _ in resources}
+    assert {p.rsplit("/", 1)[1] for p in server.requests} == {name for name, _, _ in resources}
 
 
 @pytest.mark.parametrize(
@@ -158,8 +180,8 @@ def test_local_folder_mirror_works(
     tmp_path: Path, folder: Path, resources: list, arrays: dict, as_url: bool
 ) -> None:
     mirror = folder.as_uri() if as_url else str(folder)
-    fetch_mnist(tmp_path / "root", [mirror], 5, resources)
-    assert_fetched(tmp_path / "root", arrays)
+    fetch_mnist(tmp_path / "MNIST", [mirror], 5, resources)
+    assert_fetched(tmp_path, arrays)
     assert sorted(p.name for p in folder.iterdir()) == [f"{n}.gz" for n in sorted(MNIST_FILES)]
 
 
@@ -181,7 +203,7 @@ def test_bad_http_mirror_is_refused_and_leaves_no_file(
 ) -> None:
     mirror = server.url(mode)
     with pytest.raises(DownloadError) as info:
-        fetch_mnist(tmp_path, [mirror], 5, resources)
+        fetch_mnist(tmp_path / "MNIST", [mirror], 5, resources)
     message = str(info.value)
     assert message.startswith(f"could not fetch {FIRST} from any mirror")
     assert f"  - {mirror}: " in message
@@ -192,7 +214,7 @@ def test_bad_http_mirror_is_refused_and_leaves_no_file(
 
 def test_refused_connection_is_reported(tmp_path: Path, resources: list, dead_url: str) -> None:
     with pytest.raises(DownloadError, match="Connection refused") as info:
-        fetch_mnist(tmp_path, [dead_url], 5, resources)
+        fetch_mnist(tmp_path / "MNIST", [dead_url], 5, resources)
     assert dead_url in str(info.value)
     assert raw_files(tmp_path) == []
 
@@ -202,7 +224,7 @@ def test_silent_server_fails_after_the_timeout(
 ) -> None:
     start = time.monotonic()
     with pytest.raises(DownloadError, match="timed out") as info:
-        fetch_mnist(tmp_path, [silent_url], 1, resources)
+        fetch_mnist(tmp_path / "MNIST", [silent_url], 1, resources)
     elapsed = time.monotonic() - start
     assert 0.9 <= elapsed < 10, elapsed
     assert silent_url in str(info.value)
@@ -218,14 +240,14 @@ def test_silent_server_fails_after_the_timeout(
 )
 def test_unsupported_scheme_is_refused(tmp_path: Path, resources: list, mirror: str) -> None:
     with pytest.raises(DownloadError, match="unsupported scheme") as info:
-        fetch_mnist(tmp_path, [mirror], 5, resources)
+        fetch_mnist(tmp_path / "MNIST", [mirror], 5, resources)
     assert f"{mirror}: ValueError: unsupported scheme" in str(info.value)
 
 
 def test_missing_folder_mirror_is_reported(tmp_path: Path, resources: list) -> None:
     mirror = str(tmp_path / "no-such-folder")
     with pytest.raises(DownloadError, match="FileNotFoundError") as info:
-        fetch_mnist(tmp_path / "root", [mirror], 5, resources)
+        fetch_mnist(tmp_path / "MNIST", [mirror], 5, resources)
     assert mirror in str(info.value)
 
 
@@ -237,17 +259,17 @@ def test_failing_first_mirror_falls_back_to_the_second_and_says_so(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     bad, good = server.url("missing"), server.url("good")
-    fetch_mnist(tmp_path, [bad, good], 5, resources)
+    fetch_mnist(tmp_path / "MNIST", [bad, good], 5, resources)
     assert_fetched(tmp_path, arrays)
     err = capfd.readouterr().err
-    for name, _ in resources:  # each file tried the bad mirror first, reported on stderr
+    for name, _, _ in resources:  # each file tried the bad mirror first, reported on stderr
         assert f"mirror failed for {name}: {bad}: HTTPError: HTTP Error 404" in err
 
 
 def test_good_first_mirror_leaves_the_others_alone(
     tmp_path: Path, server: MirrorServer, folder: Path, resources: list, dead_url: str
 ) -> None:
-    fetch_mnist(tmp_path, [str(folder), server.url("good"), dead_url], 5, resources)
+    fetch_mnist(tmp_path / "MNIST", [str(folder), server.url("good"), dead_url], 5, resources)
     assert server.requests == []
     assert len(raw_files(tmp_path)) == 2 * len(resources)
 
@@ -257,7 +279,7 @@ def test_all_mirrors_failing_lists_each_with_its_reason(
 ) -> None:
     mirrors = [server.url("missing"), server.url("error500"), server.url("corrupt"), dead_url]
     with pytest.raises(DownloadError) as info:
-        fetch_mnist(tmp_path, mirrors, 5, resources)
+        fetch_mnist(tmp_path / "MNIST", mirrors, 5, resources)
     lines = str(info.value).splitlines()
     assert lines[0] == f"could not fetch {FIRST} from any mirror:"
     reasons = ["HTTP Error 404", "HTTP Error 500", "MD5 mismatch", "Connection refused"]
@@ -273,8 +295,115 @@ def test_stale_file_in_the_way_is_replaced(
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     (raw / FIRST).write_bytes(b"left over from an interrupted run")
-    fetch_mnist(tmp_path, [server.url("good")], 5, resources)
+    fetch_mnist(tmp_path / "MNIST", [server.url("good")], 5, resources)
     assert_fetched(tmp_path, arrays)
+
+
+# --------------------------------------------------------------------------- bounded downloads
+
+
+@pytest.fixture
+def deleted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """(name, size) of each file deleted during the test, taken just before its deletion:
+    how many bytes a refused download had written."""
+    seen: list[tuple[str, int]] = []
+    unlink = Path.unlink
+
+    def spy(self: Path, missing_ok: bool = False) -> None:
+        if self.is_file():
+            seen.append((self.name, self.stat().st_size))
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", spy)
+    return seen
+
+
+def zero_folder(path: Path, names: list[str]) -> Path:
+    """A mirror folder whose files are symlinks to /dev/zero (endless local files)."""
+    path.mkdir()
+    for name in names:
+        (path / name).symlink_to("/dev/zero")
+    return path
+
+
+@pytest.mark.skipif(
+    not all((SHARED_MNIST / f"{name}.gz").exists() for name in MNIST_FILES),
+    reason=f"no copy of the official MNIST files in {SHARED_MNIST}",
+)
+def test_resources_are_torchvisions_with_the_official_sizes() -> None:
+    assert [(name, md5) for name, md5, _ in RESOURCES] == [tuple(r) for r in MNIST.resources]
+    for name, _, size in RESOURCES:
+        assert (SHARED_MNIST / name).stat().st_size == size, name
+
+
+def test_endless_http_stream_is_refused_once_past_its_size(
+    tmp_path: Path, server: MirrorServer, deleted: list[tuple[str, int]]
+) -> None:
+    mirror = server.url("endless")
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        fetch_mnist(tmp_path / "MNIST", [mirror], BRIEF, [(FIRST, "0" * 32, TINY)])
+    assert time.monotonic() - start < 3  # well before the deadline
+    assert f"  - {mirror}: ValueError: larger than the expected {TINY} bytes" in str(info.value)
+    assert deleted and all(name == FIRST and size <= TINY for name, size in deleted), deleted
+    assert raw_files(tmp_path) == []
+
+
+def test_slow_http_server_trips_the_per_file_deadline(
+    tmp_path: Path, server: MirrorServer, deleted: list[tuple[str, int]]
+) -> None:
+    mirror, timeout = server.url("slow"), 0.2  # each wait (0.05 s) is within the timeout
+    deadline = DEADLINE_FACTOR * timeout
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        fetch_mnist(tmp_path / "MNIST", [mirror], timeout, [(FIRST, "0" * 32, TINY)])
+    elapsed = time.monotonic() - start
+    assert deadline <= elapsed < deadline + 3, elapsed
+    reason = (
+        f"  - {mirror}: TimeoutError: no complete file within {deadline:g} s "
+        f"(data.timeout_s = {timeout:g}: deadline {DEADLINE_FACTOR} x {timeout:g})"
+    )
+    assert reason in str(info.value), str(info.value)
+    assert deleted and all(0 < size < TINY for _, size in deleted), deleted  # a partial file
+    assert raw_files(tmp_path) == []
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+@pytest.mark.parametrize(
+    "as_url", [pytest.param(False, id="folder"), pytest.param(True, id="file-url")]
+)
+def test_folder_mirror_symlinked_to_dev_zero_is_refused(
+    tmp_path: Path, deleted: list[tuple[str, int]], as_url: bool
+) -> None:
+    folder = zero_folder(tmp_path / "mirror", [FIRST])
+    mirror = folder.as_uri() if as_url else str(folder)
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        fetch_mnist(tmp_path / "MNIST", [mirror], BRIEF, [(FIRST, "0" * 32, TINY)])
+    assert time.monotonic() - start < 3  # well before the deadline
+    assert f"  - {mirror}: ValueError: larger than the expected {TINY} bytes" in str(info.value)
+    assert deleted and all(size <= TINY for _, size in deleted), deleted
+    assert raw_files(tmp_path) == []
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_oversized_mirrors_fall_back_to_the_next_and_say_so(
+    tmp_path: Path,
+    server: MirrorServer,
+    folder: Path,
+    resources: list,
+    arrays: dict,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    zeros = zero_folder(tmp_path / "zeros", [name for name, _, _ in resources])
+    endless = server.url("endless")
+    fetch_mnist(tmp_path / "MNIST", [endless, str(zeros), str(folder)], BRIEF, resources)
+    assert_fetched(tmp_path, arrays)
+    err = capfd.readouterr().err
+    for name, _, size in resources:
+        for mirror in (endless, zeros):
+            reason = f"ValueError: larger than the expected {size} bytes"
+            assert f"mirror failed for {name}: {mirror}: {reason}" in err, err
 
 
 # ------------------------------------------------------------------------- the download stage
@@ -282,10 +411,8 @@ def test_stale_file_in_the_way_is_replaced(
 
 def project(path: Path, mirrors: list[str]) -> Path:
     """A folder holding only a copy of params.yaml with the given mirrors and a 1 s timeout."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"] |= {"mirrors": mirrors, "timeout_s": 1}
     path.mkdir()
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(path, {"data.mirrors": mirrors, "data.timeout_s": 1})
     return path
 
 
@@ -306,6 +433,14 @@ def test_download_stage_with_dead_mirrors_fails_cleanly(tmp_path: Path) -> None:
     assert "MNIST_MIRROR" in final
     assert not (repo / "data" / "MNIST").exists()
     assert list((repo / "data").glob(".*")) == []  # no temporary left behind
+
+
+def test_download_stage_refuses_an_unsupported_mnist_mirror(tmp_path: Path) -> None:
+    repo = project(tmp_path / "project", ["http://127.0.0.1:9/"])
+    proc = run_stage(repo, "download", env={"MNIST_MIRROR": "ftp://127.0.0.1/mnist/"})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: MNIST_MIRROR: unsupported scheme 'ftp'"), proc.stderr
+    assert not (repo / "data").exists()
 
 
 @pytest.mark.skipif(
@@ -329,6 +464,6 @@ def test_download_stage_uses_mnist_mirror_first(tmp_path: Path) -> None:
     assert sorted(p.name for p in raw.iterdir()) == sorted(
         [*MNIST_FILES, *(f"{n}.gz" for n in MNIST_FILES)]
     )
-    images, labels = load_mnist(repo / "data", train=False)
+    images, labels = load_mnist(repo / "data" / "MNIST", train=False)
     assert images.shape == (10_000, 28, 28) and labels.shape == (10_000,)
     assert [p.name for p in (repo / "data").iterdir()] == ["MNIST"]

@@ -1,10 +1,12 @@
-"""`pipeline.models`: the registry, every architecture's shapes and range, the U-Net's scaling,
-the losses, and the model files."""
+"""`pipeline.models` and `pipeline.registry`: every architecture's shapes and range, the U-Net's
+scaling, the losses, and the model files (rebuilt from their spec, refused when damaged)."""
 
 from __future__ import annotations
 
 import copy
 import math
+import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,25 +17,21 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch.distributions import Normal, kl_divergence
 
-from pipeline.config import DAEParams, ParamsError, parse_params
-from pipeline.errors import PipelineError
-from pipeline.models import (
+from pipeline import registry
+from pipeline.models import DAEBase, ResBlock, UNet, VAEBase
+from pipeline.plumbing import tensorfile
+from pipeline.plumbing.config import MAX_CHANNELS, DAEParams, ParamsError, parse_params
+from pipeline.plumbing.errors import PipelineError
+from pipeline.registry import (
     REGISTRY,
-    DAEBase,
-    ResBlock,
-    UNet,
-    VAEBase,
-    build,
     dae_loss,
     kl_per_dim,
     load_model,
-    loss_for,
-    model_spec,
+    lookup,
     save_model,
     vae_loss,
 )
-from pipeline.yamlio import read_yaml
-from tests.helpers import ROOT, set_dotted
+from tests.helpers import DEFAULT_PARAMS, flip_a_tensor_byte, set_dotted
 
 LATENT_DIM = 3
 UNET_DEFAULTS = dict(levels=1, blocks=1, block="plain", fold=2)
@@ -42,8 +40,12 @@ ARCHS = list(REGISTRY)
 ARCH_IDS = [f"{k}-{a}" for k, a in ARCHS]
 
 
+def build(spec: dict[str, Any]) -> torch.nn.Module:
+    return lookup(spec["kind"], spec["arch"]).build(spec)
+
+
 def small_spec(kind: str, arch: str) -> dict[str, Any]:
-    return model_spec(kind, SimpleNamespace(arch=arch, **vars(SMALL)))
+    return lookup(kind, arch).spec(SimpleNamespace(arch=arch, **vars(SMALL)))
 
 
 def small_model(kind: str, arch: str, seed: int = 0) -> torch.nn.Module:
@@ -95,7 +97,7 @@ def test_the_registry_holds_both_kinds_and_both_layouts() -> None:
 def test_spec_holds_exactly_the_entry_hparams(kind: str, arch: str) -> None:
     entry = REGISTRY[kind, arch]
     extra = SimpleNamespace(**vars(SMALL), arch=arch, beta=1.0, lr=0.1, epochs=3)
-    spec = model_spec(kind, extra)  # keys outside the entry's hparams are left out
+    spec = entry.spec(extra)  # keys outside the entry's hparams are left out
     assert list(spec) == ["kind", "arch", *entry.hparams]
     assert all(spec[key] == getattr(SMALL, key) for key in entry.hparams)
     assert isinstance(build(spec), entry.cls)
@@ -112,10 +114,10 @@ def test_build_does_not_depend_on_the_order_of_the_spec(kind: str, arch: str) ->
     assert all(torch.equal(v, shuffled.state_dict()[k]) for k, v in model.state_dict().items())
 
 
-def test_loss_for_gives_each_kind_its_loss() -> None:
-    assert loss_for("dae", SimpleNamespace(arch="reference")) is dae_loss
+def test_each_entry_gives_its_kind_its_loss() -> None:
+    assert lookup("dae", "reference").loss_of(SimpleNamespace(arch="reference")) is dae_loss
     cfg = SimpleNamespace(arch="conv", beta=0.5, kl_warmup_epochs=4)
-    loss_fn = loss_for("vae", cfg)
+    loss_fn = lookup("vae", "conv").loss_of(cfg)
     model = small_model("vae", "conv")
     noisy, clean = batch()
     torch.manual_seed(1)
@@ -199,9 +201,6 @@ def test_unet_weights_grow_with_its_size(smaller: dict, larger: dict) -> None:
     assert n_weights(build(unet_spec(4, **larger))) > n_weights(build(unet_spec(4, **smaller)))
 
 
-DEFAULT_PARAMS = read_yaml(ROOT / "params.yaml")
-
-
 def dae_params(**changes: Any) -> dict[str, Any]:
     return set_dotted(copy.deepcopy(DEFAULT_PARAMS), {f"dae.{k}": v for k, v in changes.items()})
 
@@ -236,64 +235,9 @@ def test_dae_params_refuse_levels_too_deep_for_the_fold() -> None:
 
 def test_the_reference_dae_ignores_the_unet_keys() -> None:
     params = parse_params(dae_params(arch="reference", levels=2, fold=2))
-    assert model_spec("dae", params.dae) == {"kind": "dae", "arch": "reference", "channels": 32}
+    spec = lookup("dae", "reference").spec(params.dae)
+    assert spec == {"kind": "dae", "arch": "reference", "channels": 32}
     assert parse_params(dae_params(levels=2, fold=1)).dae.levels == 2  # 28 -> 14 -> 7
-
-
-class OldDAE(DAEBase):
-    """The DAE before the U-Net family (pipeline/models.py at 6ce8f3a), kept to compare."""
-
-    def __init__(self, c: int = 32) -> None:
-        super().__init__()
-
-        def conv(c_in: int, c_out: int, stride: int = 1) -> torch.nn.Sequential:
-            return torch.nn.Sequential(
-                torch.nn.Conv2d(c_in, c_out, 3, stride, 1), torch.nn.ReLU(inplace=True)
-            )
-
-        self.stem = torch.nn.Sequential(torch.nn.PixelUnshuffle(2), conv(4, c), conv(c, c))
-        self.down = torch.nn.Sequential(conv(c, 2 * c, stride=2), conv(2 * c, 2 * c))
-        self.up = torch.nn.ConvTranspose2d(2 * c, c, 2, stride=2)
-        self.decode = conv(c, c)
-        self.head = torch.nn.Sequential(torch.nn.Conv2d(c, 4, 3, 1, 1), torch.nn.PixelShuffle(2))
-
-    def predict(self, noisy: torch.Tensor) -> torch.Tensor:
-        skip = self.stem(noisy)
-        x = F.relu(self.up(self.down(skip))) + skip
-        return self.head(self.decode(x))
-
-
-OLD_DAE_SHAPES = [
-    (32, 4, 3, 3), (32,),  # stem conv 4 -> 32
-    (32, 32, 3, 3), (32,),  # conv 32 -> 32
-    (64, 32, 3, 3), (64,),  # down 32 -> 64, stride 2
-    (64, 64, 3, 3), (64,),  # conv 64 -> 64
-    (64, 32, 2, 2), (32,),  # ConvTranspose 64 -> 32
-    (32, 32, 3, 3), (32,),  # conv 32 -> 32
-    (4, 32, 3, 3), (4,),  # head conv 32 -> 4
-]  # fmt: skip
-
-
-def test_the_default_unet_has_the_old_dae_layout() -> None:
-    params = parse_params(DEFAULT_PARAMS)
-    model = build(model_spec("dae", params.dae))
-    assert isinstance(model, UNet)
-    assert [tuple(p.shape) for p in model.parameters()] == OLD_DAE_SHAPES
-    assert [tuple(p.shape) for p in OldDAE().parameters()] == OLD_DAE_SHAPES
-    strides = [m.stride for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert strides == [(1, 1), (1, 1), (2, 2), (1, 1), (1, 1), (1, 1)]
-
-
-def test_the_default_unet_computes_what_the_old_dae_did() -> None:
-    torch.manual_seed(0)
-    old = OldDAE(8).eval()
-    new = UNet(8).eval()
-    with torch.no_grad():
-        for mine, theirs in zip(new.parameters(), old.parameters(), strict=True):
-            mine.copy_(theirs)
-    noisy, _ = batch()
-    with torch.no_grad():
-        torch.testing.assert_close(new.predict(noisy), old.predict(noisy), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ["conv", "reference"])
@@ -391,13 +335,32 @@ def test_dae_loss_is_mse_of_the_linear_prediction(arch: str) -> None:
     assert loss.requires_grad
 
 
+# ------------------------------------------------------------------------------ model files
+
+
+def saved(tmp_path: Path, kind: str = "dae", arch: str = "unet") -> Path:
+    path = tmp_path / "models" / f"{kind}.pt"
+    path.parent.mkdir(exist_ok=True)
+    save_model(small_model(kind, arch), small_spec(kind, arch), path)
+    return path
+
+
+def refusal(path: Path, kind: str) -> str:
+    """The message of the PipelineError `load_model` raises; it names the file and the stage."""
+    with pytest.raises(PipelineError) as info:
+        load_model(path, kind)
+    message = str(info.value)
+    assert str(path) in message and f"dvc repro train@{kind}" in message, message
+    return message
+
+
 @pytest.mark.parametrize(("kind", "arch"), ARCHS, ids=ARCH_IDS)
 def test_save_then_load_gives_identical_outputs(tmp_path: Path, kind: str, arch: str) -> None:
     spec = small_spec(kind, arch)
     model = small_model(kind, arch, seed=3)
     path = tmp_path / f"{kind}.pt"
     save_model(model, spec, path)
-    assert torch.load(path, weights_only=True)["spec"] == spec
+    assert tensorfile.load(path, made_by="test", max_bytes=2**30)[0] == {"spec": spec}
     loaded = load_model(path, kind)
     assert isinstance(loaded, REGISTRY[kind, arch].cls)
     assert not loaded.training
@@ -409,58 +372,101 @@ def test_save_then_load_gives_identical_outputs(tmp_path: Path, kind: str, arch:
         assert not torch.equal(other(noisy), model(noisy))
 
 
-def _saved(tmp_path: Path, blob: Any) -> bytes:
-    path = tmp_path / "blob.pt"
-    torch.save(blob, path)
-    return path.read_bytes()
-
-
-def damaged_model(tmp_path: Path, how: str) -> bytes:
-    """The bytes of a broken model file."""
+def damaged_model(path: Path, how: str) -> None:
+    """Write a broken VAE file at `path`."""
     spec = small_spec("vae", "conv")
     state = small_model("vae", "conv").state_dict()
-    good = _saved(tmp_path, {"spec": spec, "state_dict": state})
-    if how == "truncated":
-        return good[: len(good) // 2]
-    if how == "garbage":
-        return b"\x00not a model\xff" * 50
-    blobs = {
-        "no-spec": {"state_dict": state},
-        "unknown-arch": {"spec": {**spec, "arch": "x"}, "state_dict": state},
-        "wrong-weights": {"spec": {**spec, "latent_dim": LATENT_DIM + 1}, "state_dict": state},
-        "not-a-dict": [spec, state],
-    }
-    return _saved(tmp_path, blobs[how])
+    if how in ("truncated", "garbage"):
+        save_model(small_model("vae", "conv"), spec, path)
+        good = path.read_bytes()
+        path.write_bytes(good[: len(good) // 2] if how == "truncated" else b"\x00no\xff" * 50)
+    elif how == "no-spec":
+        tensorfile.save(path, {}, state)
+    elif how == "unknown-arch":
+        tensorfile.save(path, {"spec": {**spec, "arch": "x"}}, state)
+    elif how == "list-spec":
+        tensorfile.save(path, {"spec": [1]}, {})
+    else:  # files torch reads but this pipeline never wrote: no checksum
+        blob = {"spec": spec, "state_dict": state} if how == "unchecked" else [spec, state]
+        torch.save(torch.zeros(3) if how == "tensor" else blob, path)
 
 
 @pytest.mark.parametrize(
     "how",
-    ["truncated", "garbage", "no-spec", "unknown-arch", "wrong-weights", "not-a-dict"],
-)
+    ["truncated", "garbage", "no-spec", "unknown-arch", "list-spec", "unchecked", "not-a-dict",
+     "tensor"],
+)  # fmt: skip
 def test_damaged_model_file_names_file_and_stage(tmp_path: Path, how: str) -> None:
     path = tmp_path / "models" / "vae.pt"
     path.parent.mkdir()
-    path.write_bytes(damaged_model(tmp_path, how))
-    with pytest.raises(PipelineError) as info:
-        load_model(path, "vae")
-    message = str(info.value)
-    assert str(path) in message and "dvc repro train_vae" in message
-
-
-@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")
-@pytest.mark.parametrize("blob", ["tensor", "list-spec"])
-def test_model_file_of_the_wrong_structure_names_file_and_stage(tmp_path: Path, blob: str) -> None:
-    path = tmp_path / "dae.pt"
-    torch.save(torch.zeros(3) if blob == "tensor" else {"spec": [1], "state_dict": {}}, path)
-    with pytest.raises(PipelineError, match="dvc repro train_dae"):
-        load_model(path, "dae")
+    damaged_model(path, how)
+    refusal(path, "vae")
 
 
 def test_missing_model_file_names_file_and_stage(tmp_path: Path) -> None:
-    path = tmp_path / "models" / "dae.pt"
-    with pytest.raises(PipelineError, match="missing") as info:
-        load_model(path, "dae")
-    assert str(path) in str(info.value) and "dvc repro train_dae" in str(info.value)
+    assert "missing" in refusal(tmp_path / "models" / "dae.pt", "dae")
+
+
+def test_a_model_file_with_one_flipped_bit_is_refused_by_its_checksum(tmp_path: Path) -> None:
+    path = saved(tmp_path)
+    flip_a_tensor_byte(path)
+    torch.load(path, weights_only=True)  # torch itself sees nothing wrong
+    assert "checksum" in refusal(path, "dae")
+
+
+@pytest.mark.parametrize(
+    ("change", "bound"),
+    [({"levels": 40}, "levels: Input should be less than or equal to 2"),
+     ({"channels": 100_000}, f"channels: Input should be less than or equal to {MAX_CHANNELS}")],
+    ids=["levels", "channels"],
+)  # fmt: skip
+def test_a_stored_spec_beyond_the_params_bounds_is_refused_without_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: dict, bound: str
+) -> None:
+    path = tmp_path / "dae.pt"
+    tensorfile.save(path, {"spec": {**small_spec("dae", "unet"), **change}}, {})
+    monkeypatch.setattr(UNet, "__init__", lambda *a, **k: pytest.fail("the model was built"))
+    start = time.perf_counter()
+    assert bound in refusal(path, "dae")
+    assert time.perf_counter() - start < 1
+
+
+@pytest.mark.parametrize("how", ["compressed", "too-large"])
+def test_a_model_file_is_sized_up_before_torch_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A compressed member (torch never writes one: a zip bomb) or more stored bytes than any
+    model the params allow is refused from the zip's directory alone."""
+    path = saved(tmp_path)
+    if how == "compressed":
+        with zipfile.ZipFile(path) as archive:
+            members = [(m.filename, archive.read(m)) for m in archive.infolist()]
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, data in members:
+                archive.writestr(name, data)
+    else:
+        monkeypatch.setattr(registry, "MAX_MODEL_BYTES", path.stat().st_size // 2)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load ran"))
+    message = refusal(path, "dae")
+    assert ("compressed" if how == "compressed" else "bytes of data where at most") in message
+
+
+@pytest.mark.parametrize("how", ["wider", "missing-tensor", "float64", "vae-latent"])
+def test_stored_tensors_that_do_not_fit_the_spec_are_refused(tmp_path: Path, how: str) -> None:
+    kind, arch = ("vae", "conv") if how == "vae-latent" else ("dae", "unet")
+    spec = small_spec(kind, arch)
+    state = small_model(kind, arch).state_dict()
+    if how == "wider":
+        state = build({**spec, "channels": 8}).state_dict()
+    elif how == "missing-tensor":
+        del state[next(iter(state))]
+    elif how == "float64":
+        state = {key: value.double() for key, value in state.items()}
+    else:
+        spec = {**spec, "latent_dim": LATENT_DIM + 1}
+    path = tmp_path / f"{kind}.pt"
+    tensorfile.save(path, {"spec": spec}, state)
+    assert "tensors do not match" in refusal(path, kind)
 
 
 @pytest.mark.parametrize(("given", "held"), [("dae", "vae"), ("vae", "dae")])
@@ -472,10 +478,16 @@ def test_a_file_of_the_other_kind_is_refused_naming_file_content_and_stage(
     path = tmp_path / "models" / f"{given}.pt"
     path.parent.mkdir()
     save_model(small_model(held, arch), small_spec(held, arch), path)
-    with pytest.raises(PipelineError) as info:
-        load_model(path, given)
-    message = str(info.value)
-    assert str(path) in message
+    message = refusal(path, given)
     assert f"holds a {held!r} model ({arch})" in message and f"not a {given!r} model" in message
-    assert f"dvc repro train_{given}" in message
     assert isinstance(load_model(path, held), REGISTRY[held, arch].cls)  # as its own kind: fine
+
+
+def test_a_spec_the_schema_refuses_across_keys_is_refused_on_load(tmp_path: Path) -> None:
+    """levels 2 with fold 2 halves 14x14 to an odd size: each key is in range, the pair is not."""
+    spec = {"kind": "dae", "arch": "unet", "channels": 4, "levels": 2, "blocks": 1,
+            "block": "plain", "fold": 2}  # fmt: skip
+    path = tmp_path / "dae.pt"
+    save_model(UNet(4, levels=2, fold=2), spec, path)
+    with pytest.raises(PipelineError, match=r"not a valid model file .*train@dae"):
+        load_model(path, "dae")

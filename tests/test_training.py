@@ -1,5 +1,6 @@
-"""`pipeline.training` in-process on tiny in-memory data: the loop's metrics and logs, seeded fresh
-noise, divergence, bf16, the memory check, the params' upper bounds, and `train_stage`."""
+"""Training: `pipeline.training` in-process on tiny in-memory data (the loop's metrics and logs,
+seeded fresh noise, divergence, bf16), the pre-flight checks, the params' upper bounds, and the
+`train@dae` / `train@vae` stage (`pipeline.train`) in a tiny folder."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import psutil
 import pytest
 import torch
 
-from pipeline import training
-from pipeline.config import (
+from pipeline import train, training
+from pipeline.data import Split, add_noise
+from pipeline.plumbing import tensorfile
+from pipeline.plumbing.config import (
     MAX_BATCH,
     MAX_CHANNELS,
     MAX_LATENT,
@@ -27,20 +30,12 @@ from pipeline.config import (
     ParamsError,
     parse_params,
 )
-from pipeline.data import Split, add_noise, derive_seed
-from pipeline.errors import PipelineError
-from pipeline.models import build, dae_loss, load_model, model_spec
-from pipeline.paths import MODELS_DIR, TRAIN_LOG_DIR
-from pipeline.training import (
-    check_memory,
-    check_precision,
-    fit,
-    fresh_noise,
-    train_stage,
-    train_step,
-    validate,
-)
-from tests.helpers import raw_params, temporaries, tiny_images, write_splits
+from pipeline.plumbing.errors import PipelineError
+from pipeline.plumbing.preflight import check_memory, check_precision
+from pipeline.registry import dae_loss, load_model, lookup
+from pipeline.runtime import derive_seed
+from pipeline.training import fit, fresh_noise, train_step, validate
+from tests.helpers import raw_params, temporaries, tiny_images, write_params, write_splits
 
 CPU = torch.device("cpu")
 NOISE = NoiseParams(kind="gaussian", std=0.5, amount=0.2, clip=True)
@@ -57,18 +52,21 @@ def tiny_params(changes: dict[str, Any] | None = None) -> Params:
     return parse_params(raw_params(changes))
 
 
+PATHS = tiny_params().paths
+MODELS, TRAIN_LOGS = Path(PATHS.models), Path(PATHS.train_logs)
+
+
+def build(kind: str, cfg: Any) -> torch.nn.Module:
+    entry = lookup(kind, cfg.arch)
+    return entry.build(entry.spec(cfg))
+
+
 def tiny_split(n: int, seed: int = 0) -> Split:
     """A split built in memory (float32 N x 1 x 28 x 28), as `load_split` returns it."""
     clean, labels = tiny_images(n, seed)
     clean = clean.unsqueeze(1).float() / 255
     noisy = add_noise(clean, "gaussian", 0.5, True, torch.Generator().manual_seed(seed + 1))
     return Split(clean, noisy, labels)
-
-
-def outputs(root: Path) -> dict[Path, bytes]:
-    """The content of every file under `root` outside data/, by path."""
-    files = [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != "data"]
-    return {p.relative_to(root): p.read_bytes() for p in files}
 
 
 def dae_cfg(**changes: Any) -> DAEParams:
@@ -89,11 +87,11 @@ def run_fit(
 ) -> tuple[torch.nn.Module, dict[str, dict[str, float]], Path]:
     """Build the DAE `cfg` describes (initialised from `seed`) and fit it on tiny splits."""
     torch.manual_seed(seed)
-    model = build(model_spec("dae", cfg))
+    model = build("dae", cfg)
     live_dir = tmp_path / f"live-{len(list(tmp_path.glob('live-*')))}"
-    summary = fit(
-        model, loss_fn, tiny_split(48, 0), tiny_split(20, 5), cfg, seed, CPU, live_dir, name, noise
-    )
+    train, val = tiny_split(48, 0), tiny_split(20, 5)
+    summary = fit(model, loss_fn, train, val, cfg, seed=seed, device=CPU, live_dir=live_dir,
+                  name=name, noise=noise)  # fmt: skip
     return model, summary, live_dir
 
 
@@ -135,7 +133,7 @@ def test_fit_returns_finite_metrics_and_logs_each_epoch_from_step_1(tmp_path: Pa
 def test_fit_trains_the_model(tmp_path: Path) -> None:
     cfg = dae_cfg(epochs=4, lr=1e-2)
     torch.manual_seed(0)
-    untrained = build(model_spec("dae", cfg))
+    untrained = build("dae", cfg)
     val = tiny_split(20, 5)
     before = validate(untrained, dae_loss, val, 0)
     _, summary, _ = run_fit(tmp_path, cfg)
@@ -241,7 +239,7 @@ def test_bf16_precision_trains_on_the_cpu(tmp_path: Path) -> None:
 def test_train_step_returns_detached_tensors_and_steps_the_schedule() -> None:
     cfg = dae_cfg()
     torch.manual_seed(0)
-    model = build(model_spec("dae", cfg)).train()
+    model = build("dae", cfg).train()
     opt, sched = training.make_optimizer(model, cfg, total_steps=10)
     split = tiny_split(8)
     before = [p.detach().clone() for p in model.parameters()]
@@ -256,7 +254,7 @@ def test_train_step_returns_detached_tensors_and_steps_the_schedule() -> None:
 
 def test_validate_averages_over_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    model = build(model_spec("dae", dae_cfg()))
+    model = build("dae", dae_cfg())
     split = tiny_split(23)
     whole = validate(model, dae_loss, split, 1)
     monkeypatch.setattr(training, "VAL_BATCH", 5)  # 5 batches, the last one of 3
@@ -272,7 +270,7 @@ def test_validate_averages_over_batches(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_check_memory_refuses_a_batch_that_cannot_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = build(model_spec("vae", tiny_params().vae))
+    model = build("vae", tiny_params().vae)
     check_memory("vae", model, 16, CPU)  # fits
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**20))
     with pytest.raises(PipelineError) as info:
@@ -283,24 +281,9 @@ def test_check_memory_refuses_a_batch_that_cannot_fit(monkeypatch: pytest.Monkey
 
 
 def test_check_memory_refuses_an_absurd_batch_with_real_memory() -> None:
-    model = build(model_spec("dae", tiny_params().dae))
+    model = build("dae", tiny_params().dae)
     with pytest.raises(PipelineError, match=r"dae\.batch_size = 1000000000000"):
         check_memory("dae", model, 10**12, CPU)
-
-
-def test_train_stage_checks_memory_before_touching_outputs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    write_splits(tmp_path)
-    log = tmp_path / TRAIN_LOG_DIR / "dae"
-    log.mkdir(parents=True)
-    (log / "metrics.json").write_text("old\n")
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=1024))
-    monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("fit ran"))
-    with pytest.raises(PipelineError, match=r"dae\.batch_size"):
-        train_stage("dae", tiny_params())
-    assert (log / "metrics.json").read_text() == "old\n"
-    assert not (tmp_path / MODELS_DIR).exists() and temporaries(tmp_path) == []
 
 
 def test_check_precision_accepts_bf16_on_cpu_and_refuses_an_old_gpu(
@@ -342,63 +325,43 @@ def test_absurd_sizes_are_refused_naming_the_key_and_the_bound(
     parse_params(raw_params({key: bound, "data.train_size": 50_000}))  # the bound is allowed
 
 
-# ----------------------------------------------------------------------------- train_stage
+# -------------------------------------------------------------------- the stage train@<model>
 
 
 @pytest.mark.parametrize("kind", ["dae", "vae"])
-def test_train_stage_publishes_the_model_and_its_summary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
-) -> None:
+def test_the_train_stage_publishes_the_model_and_its_summary(tmp_path: Path, kind: str) -> None:
     write_splits(tmp_path)
-    params = tiny_params({f"{kind}.epochs": 2})
-    train_stage(kind, params)
+    write_params(tmp_path, {f"{kind}.epochs": 2})
+    train.main([kind])
 
-    model = load_model(MODELS_DIR / f"{kind}.pt", kind)
-    spec = torch.load(MODELS_DIR / f"{kind}.pt", weights_only=True)["spec"]
-    assert spec == model_spec(kind, getattr(params, kind))
+    model = load_model(MODELS / f"{kind}.pt", kind)
+    meta, _ = tensorfile.load(MODELS / f"{kind}.pt", made_by="test", max_bytes=2**30)
+    cfg = getattr(tiny_params(), kind)
+    assert meta == {"spec": lookup(kind, cfg.arch).spec(cfg)}
     assert not model.training
-    summary = json.loads((TRAIN_LOG_DIR / kind / "metrics.json").read_text())
+    summary = json.loads((TRAIN_LOGS / kind / "metrics.json").read_text())
     assert set(summary) == {"train", "val"}  # no "step", no "lr"
     terms = {"loss"} | ({"recon", "kl"} if kind == "vae" else set())
     assert set(summary["train"]) == terms and set(summary["val"]) == terms | {"mse"}
     assert "lr" not in json.dumps(summary) and "step" not in json.dumps(summary)
-    tsv = pd.read_csv(TRAIN_LOG_DIR / kind / "plots" / "metrics" / "val" / "mse.tsv", sep="\t")
+    assert math.isfinite(summary["val"]["mse"])
+    tsv = pd.read_csv(TRAIN_LOGS / kind / "plots" / "metrics" / "val" / "mse.tsv", sep="\t")
     assert tsv["step"].tolist() == [1, 2]
     assert tsv["mse"].iloc[-1] == pytest.approx(summary["val"]["mse"])
     assert temporaries(tmp_path) == []
 
 
-def test_train_stage_is_deterministic_and_replaces_previous_outputs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_train_stage_is_deterministic_and_replaces_previous_outputs(tmp_path: Path) -> None:
     write_splits(tmp_path)
-    stale = TRAIN_LOG_DIR / "dae" / "plots" / "metrics" / "old.tsv"
+    stale = TRAIN_LOGS / "dae" / "plots" / "metrics" / "old.tsv"
     stale.parent.mkdir(parents=True)
     stale.write_text("step\told\n1\t1\n")
-    params = tiny_params({"dae.fresh_noise": True})
-    train_stage("dae", params)
-    first = (MODELS_DIR / "dae.pt").read_bytes()
+    write_params(tmp_path, {"dae.fresh_noise": True})
+    train.main(["dae"])
+    first = (MODELS / "dae.pt").read_bytes()
     assert not stale.exists()  # the log folder is replaced, not merged
-    train_stage("dae", params)
-    assert (MODELS_DIR / "dae.pt").read_bytes() == first
-    train_stage("dae", tiny_params({"dae.fresh_noise": False}))
-    assert (MODELS_DIR / "dae.pt").read_bytes() != first
-
-
-def test_train_stage_that_diverges_saves_nothing_and_keeps_old_outputs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    write_splits(tmp_path)
-    train_stage("dae", tiny_params())
-    before = outputs(tmp_path)
-    assert Path("models/dae.pt") in before
-
-    def nan_loss(model, noisy, clean, epochs_done):
-        loss, terms = dae_loss(model, noisy, clean, epochs_done)
-        return loss * math.nan, terms
-
-    monkeypatch.setattr(training, "loss_for", lambda kind, cfg: nan_loss)
-    with pytest.raises(PipelineError, match=r"dae training diverged.*nothing was saved.*dae\.lr"):
-        train_stage("dae", tiny_params())
-    assert outputs(tmp_path) == before
-    assert temporaries(tmp_path) == []
+    train.main(["dae"])
+    assert (MODELS / "dae.pt").read_bytes() == first
+    write_params(tmp_path, {"dae.fresh_noise": False})
+    train.main(["dae"])
+    assert (MODELS / "dae.pt").read_bytes() != first

@@ -6,8 +6,6 @@ values, unknown keys) before any work starts, then uses only its own sections.
 
 from __future__ import annotations
 
-import difflib
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -22,9 +20,9 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.errors import PipelineError
-from pipeline.paths import PARAMS_FILE
-from pipeline.yamlio import YAMLFileError, YAMLFileNotFoundError, read_yaml
+from pipeline.plumbing.errors import PipelineError
+from pipeline.plumbing.messages import describe
+from pipeline.plumbing.yamlio import YAMLFileError, YAMLFileNotFoundError, read_yaml
 
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
@@ -36,14 +34,16 @@ MAX_BATCH = 8192
 MAX_EVAL_BATCH = 10_000
 MAX_EPOCHS = 1000
 
-PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 MIRROR_SCHEMES = ("http", "https", "file")  # or no scheme: a local folder
+PARAMS_FILE = Path("params.yaml")  # DVC's default params file, read from the project root
+NoiseKind = Literal["gaussian", "salt_pepper", "speckle"]
 
 
-def _check_mirror(mirror: str) -> str:
+def check_mirror(mirror: str) -> str:
+    """`mirror` itself, or a ValueError naming an unsupported URL scheme."""
     scheme = urlparse(mirror).scheme
     if scheme and scheme not in MIRROR_SCHEMES:
         raise ValueError(
@@ -53,7 +53,7 @@ def _check_mirror(mirror: str) -> str:
 
 
 Mirror = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(_check_mirror)
+    str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(check_mirror)
 ]
 
 
@@ -80,7 +80,7 @@ class DataParams(Section):
 class NoiseParams(Section):
     """Corruption applied by `make_noisy`; `level` is the strength for the chosen kind."""
 
-    kind: Literal["gaussian", "salt_pepper", "speckle"]
+    kind: NoiseKind
     std: NonNegativeFloat
     amount: Fraction
     clip: bool
@@ -132,6 +132,7 @@ class VAEParams(TrainParams):
 
 class EvaluateParams(Section):
     batch_size: int = Field(gt=0, le=MAX_EVAL_BATCH)
+    bootstrap_resamples: int = Field(ge=100, le=10_000)  # for the 95% intervals
     blur_sigma: PositiveFloat
     noise_levels: list[NonNegativeFloat] = Field(min_length=1)
 
@@ -139,6 +140,25 @@ class EvaluateParams(Section):
 class PlotParams(Section):
     n_digits: int = Field(gt=0, le=100)
     n_prior_samples: int = Field(gt=0, le=400)
+
+
+RelPath = Annotated[str, StringConstraints(pattern=r"^[^/\s]\S*$")]  # relative, no spaces
+
+
+class PathsParams(Section):
+    """Where the stages read and write, relative to the project root (dvc.yaml: `${paths.*}`)."""
+
+    params_ok: RelPath
+    mnist: Annotated[str, StringConstraints(pattern=r"^([^/\s]\S*/)?MNIST$")]  # torchvision's name
+    noisy: RelPath
+    models: RelPath
+    train_logs: RelPath
+    test_metrics: RelPath
+    per_digit: RelPath
+    robustness: RelPath
+    vae_kl: RelPath
+    denoised: RelPath
+    prior_samples: RelPath
 
 
 class Params(Section):
@@ -152,6 +172,7 @@ class Params(Section):
     vae: VAEParams
     evaluate: EvaluateParams
     plot: PlotParams
+    paths: PathsParams
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -180,7 +201,7 @@ class Params(Section):
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read `path` as DVC does (YAML 1.2, see `pipeline.yamlio`) and validate it; raise
+    """Read `path` as DVC does (YAML 1.2, see `pipeline.plumbing.yamlio`) and validate it; raise
     :class:`ParamsError` naming every bad key."""
     try:
         raw = read_yaml(path)
@@ -202,49 +223,5 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        problems = "\n".join(f"  - {_describe(err)}" for err in e.errors())
+        problems = "\n".join(f"  - {describe(err, Params)}" for err in e.errors())
         raise ParamsError(f"{source} has {e.error_count()} invalid value(s):\n{problems}") from None
-
-
-def _describe(err: dict[str, Any]) -> str:
-    """One line per pydantic error: the dotted key, what is wrong and what is allowed."""
-    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]  # list indexes dropped
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-    kind, value = err["type"], err.get("input")
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], allowed, n=1)
-        hint = f" Did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else ""
-        return f"{key}: unknown key.{hint} Allowed keys: {', '.join(allowed)}"
-    if kind == "missing":
-        return f"{key}: required key is missing"
-    if kind == "value_error":  # a validator's own message, which names the keys involved
-        text = str(err.get("ctx", {}).get("error", err["msg"]))
-        return f"{key}: {text}" if key else text
-    if kind == "model_type":
-        return f"{key}: expected a section (a mapping of keys), got {value!r}"
-    shown = "NaN" if isinstance(value, float) and math.isnan(value) else repr(value)
-    return f"{key}: {err['msg']} (got {shown}){_number_hint(kind, value)}"
-
-
-def _number_hint(kind: str, value: Any) -> str:
-    """Why a number was read as a string: it was quoted (YAML 1.2, as DVC reads it, takes
-    `1e-3`, `010` and `.5` as numbers)."""
-    if kind not in ("int_type", "float_type") or not isinstance(value, str):
-        return ""
-    try:
-        number = float(value)
-    except ValueError:
-        return ""
-    return "; write the number without quotes" if math.isfinite(number) else ""
-
-
-def _allowed_keys(loc: list[str]) -> list[str]:
-    """Field names of the section at `loc` (a path of field names from :class:`Params`)."""
-    model: type[BaseModel] = Params
-    for name in loc:
-        annotation = model.model_fields[name].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)

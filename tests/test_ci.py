@@ -1,8 +1,13 @@
-"""The CI workflow: lint, pins, and the `compare` job's steps run here against a local remote.
+"""CI: the workflow file, the `compare` job's script run here, and DVC remotes (a local folder
+and S3) round trips.
 
 GitHub cannot be reached from here, so the job's logic lives in scripts/ci_compare.sh (one
 subcommand a step) and these tests run each step as the job would: in a fresh clone of a
 "GitHub" origin, checked out at a pull request's branch, with a local folder as DVC remote.
+The S3 API is moto's server mode on loopback (`ThreadedMotoServer`, as DVC's own S3 plugin
+tests use), reached through the `dvc-s3` plugin the `s3` extra installs, set up the way README
+and docs/workflow.md tell users to: the bucket URL committed in .dvc/config, the endpoint and
+the keys only in the git-ignored .dvc/config.local (`dvc remote modify --local`).
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT, VENV_BIN, dvc, git, ran_stages, run, set_params
+from pipeline.plumbing.yamlio import read_yaml
+from tests.helpers import ROOT, VENV_BIN, dvc, git, ran_stages, repro, run, set_params
 
 e2e = pytest.mark.e2e
 WORKFLOW = ROOT / ".github" / "workflows" / "pr.yml"
@@ -39,7 +46,8 @@ def step(repo: Path, name: str, summary: Path | None = None, check: bool = True,
 
 
 def workflow() -> dict:
-    return yaml.safe_load(WORKFLOW.read_text())
+    """pr.yml read as YAML 1.2, as GitHub reads it (`on` is a string, not True)."""
+    return read_yaml(WORKFLOW)
 
 
 def all_steps() -> list[dict]:
@@ -53,7 +61,7 @@ def test_actionlint_and_shellcheck_pass() -> None:
     proc = run([str(VENV_BIN / "actionlint"), "-verbose"], ROOT, check=False, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'Rule "shellcheck" was disabled' not in proc.stderr
-    proc = run([str(VENV_BIN / "shellcheck"), str(SCRIPT), str(ROOT / ".ci/run")], ROOT)
+    run([str(VENV_BIN / "shellcheck"), str(SCRIPT), str(ROOT / ".ci/run")], ROOT)
 
 
 def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
@@ -72,7 +80,7 @@ def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
 
 
 def test_runs_on_pushes_to_main_and_pull_requests() -> None:
-    on = workflow()[True]  # YAML 1.1 reads the key `on` as True
+    on = workflow()["on"]
     assert on["push"]["branches"] == ["main"]
     assert "pull_request" in on
 
@@ -95,8 +103,10 @@ def test_the_venv_cache_is_keyed_on_the_lock() -> None:
     assert not any(s.get("with", {}).get("cache") == "pip" for s in all_steps())
 
 
-def test_compare_steps_are_the_tested_script() -> None:
-    steps = workflow()["jobs"]["compare"]["steps"]
+def test_the_jobs_run_the_tests_and_the_tested_compare_script() -> None:
+    jobs = workflow()["jobs"]
+    assert any("make test" in s.get("run", "") for s in jobs["test"]["steps"])
+    steps = jobs["compare"]["steps"]
     script = "\n".join(s.get("run", "") for s in steps)
     for sub in ("fetch-base", "pull", "diff", "plots", "gate"):
         assert f"scripts/ci_compare.sh {sub}" in script
@@ -107,6 +117,8 @@ def test_compare_steps_are_the_tested_script() -> None:
         if re.search(r"ci_compare.sh (diff|plots|gate|fetch-base)", s.get("run", ""))
     ]
     assert all(s["if"] == "github.event_name == 'pull_request'" for s in comparing)
+    uploads = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact")]
+    assert [s["with"]["path"] for s in uploads] == ["plots-diff/"]  # the plots step's folder
 
 
 def test_dependabot_watches_actions_and_pip() -> None:
@@ -119,6 +131,9 @@ def test_the_docs_the_workflow_names_exist() -> None:
         assert (ROOT / doc).is_file(), doc
 
 
+# the compare job's script ------------------------------------------------------------------------
+
+
 def test_unknown_step_is_a_usage_error(tmp_path: Path) -> None:
     proc = step(tmp_path, "deploy", check=False)
     assert proc.returncode == 2 and "usage" in proc.stderr
@@ -126,30 +141,28 @@ def test_unknown_step_is_a_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "set BASE" in proc.stderr
 
 
-# the compare job against a local remote ----------------------------------------------------------
+def test_make_compare_runs_the_steps_in_order() -> None:
+    proc = subprocess.run(["make", "-n", "compare"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert re.findall(r"ci_compare.sh (\w+)", proc.stdout) == ["pull", "diff", "plots", "gate"]
 
 
 @pytest.fixture(scope="module")
-def origin(reproduced: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def origin(committed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A bare "GitHub" origin holding main (reproduced results, pushed to a local DVC remote)
     and a pull-request branch that changed `evaluate.blur_sigma`, reproduced and pushed."""
     root = tmp_path_factory.mktemp("compare")
     repo, bare, store = root / "dev", root / "origin.git", root / "dvc-store"
-    shutil.copytree(reproduced, repo, symlinks=True)
-    templates = ROOT / ".dvc" / "plots"  # custom plot templates, when the project has them
-    if templates.is_dir() and not (repo / ".dvc" / "plots").exists():
-        shutil.copytree(templates, repo / ".dvc" / "plots")
+    shutil.copytree(committed, repo, symlinks=True)
     dvc(repo, "remote", "add", "-d", "store", str(store))
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "reproduced results, local DVC remote")
+    git(repo, "commit", "-q", "-am", "local DVC remote")
     dvc(repo, "push")
     git(root, "init", "-q", "--bare", str(bare))
     git(repo, "remote", "add", "origin", str(bare))
     git(repo, "push", "-q", "origin", "main")
     git(repo, "checkout", "-q", "-b", BRANCH)
     set_params(repo, {"evaluate.blur_sigma": 2.0})
-    ran = ran_stages(dvc(repo, "repro").stdout)
-    assert {"evaluate", "plot"} <= set(ran) and not {"train_dae", "train_vae"} & set(ran)
+    assert ran_stages(dvc(repo, "repro").stdout) == ["validate", "evaluate"]
     git(repo, "commit", "-q", "-am", "blur sigma 2")
     dvc(repo, "push")
     git(repo, "push", "-q", "origin", BRANCH)
@@ -233,10 +246,125 @@ def test_without_a_remote_the_pull_step_reproduces(origin: dict[str, Path], tmp_
     assert "Data and pipelines are up to date" in proc.stdout + proc.stderr
 
 
-def test_make_compare_runs_the_steps_in_order() -> None:
-    makefile = (ROOT / "Makefile").read_text()
-    recipe = makefile.split("\ncompare:")[1].split("\n\n")[0]
-    found = re.findall(r"ci_compare.sh (\w+)", recipe)
-    assert found == ["pull", "diff", "plots", "gate"]
-    proc = subprocess.run(["make", "-n", "compare"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+# remotes: a local folder and S3 ------------------------------------------------------------------
+
+
+@e2e
+def test_push_clone_pull_through_a_local_remote(committed: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(committed, repo, symlinks=True)
+    dvc(repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    git(repo, "commit", "-q", "-am", "local remote")
+    dvc(repo, "push")
+    git(tmp_path, "clone", "-q", str(repo), "clone")
+    clone = tmp_path / "clone"
+    assert not (clone / "models/dae.pt").exists()
+    dvc(clone, "pull")
+    assert (clone / "models/dae.pt").read_bytes() == (repo / "models/dae.pt").read_bytes()
+    assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+    assert ran_stages(repro(clone).stdout) == []
+
+
+BUCKET = "denoise-dvc"
+KEY_ID = "AKIAMOTOTESTKEY00001"  # moto accepts any keys; these must stay out of git
+SECRET = "moto-test-secret-not-for-git-0123456789"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """http://127.0.0.1:<port> of a moto S3 server holding an empty bucket."""
+    try:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+    except Exception as e:  # missing package, no loopback socket, ...
+        pytest.skip(f"moto's S3 server could not start here: {type(e).__name__}: {e}")
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        s3_client(endpoint).create_bucket(Bucket=BUCKET)
+        yield endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def no_ambient_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the keys in .dvc/config.local may reach the server; no proxy for loopback."""
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_CONFIG_FILE",  # HOME is the tests' own (conftest), so no ~/.aws either
+        "AWS_SHARED_CREDENTIALS_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+def set_local_credentials(repo: Path, endpoint: str) -> None:
+    """What each teammate (or CI) runs once: endpoint and keys in .dvc/config.local."""
+    dvc(repo, "remote", "modify", "--local", "s3", "endpointurl", endpoint)
+    dvc(repo, "remote", "modify", "--local", "s3", "access_key_id", KEY_ID)
+    dvc(repo, "remote", "modify", "--local", "s3", "secret_access_key", SECRET)
+
+
+def s3_client(endpoint: str):
+    """A boto3 S3 client of the test server, with the test credentials."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+    )
+
+
+def bucket_keys(endpoint: str) -> list[str]:
+    pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+@e2e
+@pytest.mark.usefixtures("no_ambient_aws")
+def test_push_clone_pull_through_s3(reproduced: Path, s3_endpoint: str, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(reproduced, repo, symlinks=True)
+    # the project's own .dvc/.gitignore (keeps config.local, tmp and cache out of git)
+    shutil.copy(ROOT / ".dvc" / ".gitignore", repo / ".dvc" / ".gitignore")
+
+    dvc(repo, "remote", "add", "-d", "s3", f"s3://{BUCKET}/denoise-pipeline")
+    set_local_credentials(repo, s3_endpoint)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "results, S3 remote")
+    # nothing secret in git: config.local is ignored, and no committed file holds a key
+    assert git(repo, "check-ignore", ".dvc/config.local").returncode == 0
+    assert ".dvc/config.local" not in git(repo, "ls-files").stdout
+    for secret in (KEY_ID, SECRET, s3_endpoint):
+        assert git(repo, "grep", "-I", "-F", secret, "HEAD", check=False).returncode == 1
+
+    assert bucket_keys(s3_endpoint) == []
+    dvc(repo, "push")
+    pushed = bucket_keys(s3_endpoint)
+    assert pushed and all(key.startswith("denoise-pipeline/files/md5/") for key in pushed)
+    assert json.loads(dvc(repo, "status", "--cloud", "--json").stdout) == {}
+
+    git(tmp_path, "clone", "-q", str(repo), "clone")
+    clone = tmp_path / "clone"
+    assert not (clone / "models/dae.pt").exists()
+    assert not (clone / ".dvc/config.local").exists()
+    # without the local endpoint and keys, the bucket is out of reach
+    set_local_credentials(clone, s3_endpoint)
+    dvc(clone, "pull")
+    for out in ("models/dae.pt", "models/vae.pt", "data/noisy/test.pt"):
+        assert (clone / out).read_bytes() == (repo / out).read_bytes(), out
+    assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+    assert json.loads(dvc(clone, "status", "--cloud", "--json").stdout) == {}
+    assert ran_stages(repro(clone).stdout) == []

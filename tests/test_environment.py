@@ -1,4 +1,5 @@
-"""The locked environment: requirements/lock.txt against pyproject.toml and against this venv.
+"""The environment: requirements/lock.txt against pyproject.toml and against this venv, and
+what `make setup` and `make lint` run (dry runs: PyTorch's index cannot be reached from here).
 
 `scripts/lock.py check` is what `make lint` runs; it works offline from the two files, so each
 way of getting them out of sync is planted in a copy and must be named.
@@ -53,14 +54,6 @@ def test_committed_lock_matches_pyproject() -> None:
 
 def test_the_venv_is_the_locked_environment() -> None:
     assert lock.check_installed() == []
-
-
-def test_make_lint_runs_the_check_and_setup_installs_the_lock_with_hashes() -> None:
-    makefile = (ROOT / "Makefile").read_text()
-    assert "scripts/lock.py check" in makefile.split("\nlint:")[1].split("\n\n")[0]
-    setup = makefile.split("\nsetup:")[1].split("\n\n")[0]
-    assert "--require-hashes --no-deps -r $(LOCK)" in setup
-    assert "-e ." in setup and "pip check" in setup
 
 
 def test_lock_pins_the_whole_environment_with_hashes() -> None:
@@ -146,15 +139,25 @@ def test_cpu_variant_drops_torch_and_cuda_but_keeps_the_rest_hashed() -> None:
     assert len(full) - len(kept) >= 15  # torch, torchvision, triton and the CUDA wheels
 
 
-def test_make_setup_torch_cpu_takes_torch_from_the_cpu_index() -> None:
-    """`make setup TORCH=cpu` (dry run: PyTorch's index cannot be reached from here)."""
-    proc = subprocess.run(
-        ["make", "-n", "setup", "TORCH=cpu"], cwd=ROOT, capture_output=True, text=True
-    )
+def dry_run(*args: str) -> str:
+    """What `make <args>` would run (`make -n`)."""
+    proc = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "--no-deps --index-url https://download.pytorch.org/whl/cpu" in proc.stdout
-    assert "scripts/lock.py cpu > .venv/lock-cpu.txt" in proc.stdout
-    assert "--require-hashes --no-deps -r .venv/lock-cpu.txt" in proc.stdout
+    return proc.stdout
+
+
+def test_make_setup_installs_the_lock_with_hashes_and_lint_checks_it() -> None:
+    setup = dry_run("setup")
+    assert "--require-hashes --no-deps -r requirements/lock.txt" in setup
+    assert "-e ." in setup and "pip check" in setup
+    assert "scripts/lock.py check" in dry_run("lint")
+
+
+def test_make_setup_torch_cpu_takes_torch_from_the_cpu_index() -> None:
+    setup = dry_run("setup", "TORCH=cpu")
+    assert "--no-deps --index-url https://download.pytorch.org/whl/cpu" in setup
+    assert "scripts/lock.py cpu > .venv/lock-cpu.txt" in setup
+    assert "--require-hashes --no-deps -r .venv/lock-cpu.txt" in setup
     pins = subprocess.run(
         [str(VENV_BIN / "python"), str(ROOT / "scripts/lock.py"), "cpu", "--pins"],
         capture_output=True,
