@@ -1,10 +1,12 @@
 """Stage `evaluate`: DAE, VAE and two baselines on the noisy test images.
 
 Reads params `seed`, `device`, `noise.kind`, `noise.clip`, `evaluate`, `paths`;
-data/noisy/test.pt, models/dae.pt, models/vae.pt.
-Writes metrics/test.json (MSE, PSNR, SSIM per method, each with its 95% bootstrap interval over
-test images, `<metric>_lo` / `<metric>_hi`; the paired difference `dae_minus_vae`; the VAE's KL
-and active latent dimensions), and plot data: metrics/per_digit.csv, metrics/robustness.csv
+data/noisy/test.pt, models/dae.pt, models/vae.pt, models/classifier.pt.
+Writes metrics/test.json (per method: MSE, PSNR, SSIM and the classifier's accuracy, each with
+its 95% bootstrap interval over test images, `<metric>_lo` / `<metric>_hi`, and `fd`, the
+Fréchet distance of the classifier's features to the clean images'; the classifier's accuracy
+on the clean images; the paired difference `dae_minus_vae`; the VAE's KL and active latent
+dimensions), and plot data: metrics/per_digit.csv, metrics/robustness.csv
 (MSE at each `evaluate.noise_levels` value of `noise.kind`, no retraining), metrics/vae_kl.csv.
 Non-finite metrics are refused (nothing written), naming the model to retrain.
 """
@@ -16,6 +18,7 @@ import pandas as pd
 import torch
 
 from pipeline.data import Split, add_noise, load_split
+from pipeline.judge import Classifier, correct, feature_distance, load_classifier
 from pipeline.metrics import (
     blur_baseline,
     bootstrap_indices,
@@ -34,7 +37,7 @@ from pipeline.registry import kl_per_dim, load_model
 from pipeline.runtime import generator, resolve_device, set_determinism
 
 ACTIVE_KL_NATS = 0.01  # a latent dimension carrying less than this is counted as collapsed
-METRICS = ("mse", "psnr", "ssim")  # each with a 95% interval
+METRICS = ("mse", "psnr", "ssim", "accuracy")  # each with a 95% interval
 
 
 @stage
@@ -50,7 +53,8 @@ def main() -> None:
         dae, vae = (
             load_model(Path(paths.models) / f"{k}.pt", k).to(device) for k in ("dae", "vae")
         )
-        results = evaluate(params, dae, vae, test, device)
+        judge = load_classifier(Path(paths.models) / "classifier.pt").to(device)
+        results = evaluate(params, dae, vae, judge, test, device)
         check_finite(results["test_metrics"])
         for name, table in results.items():
             if isinstance(table, pd.DataFrame):
@@ -59,13 +63,19 @@ def main() -> None:
                 write_json(getattr(out, name), table)
     for name, v in results["test_metrics"].items():
         if isinstance(v, dict):
-            shown = [f"{k} {v[k]:.5g} [{v[f'{k}_lo']:.5g}, {v[f'{k}_hi']:.5g}]" for k in METRICS]
+            shown = [f"{k} {v[k]:.5g} [{v[f'{k}_lo']:.5g}, {v[f'{k}_hi']:.5g}]" for k in METRICS
+                     if k in v]  # fmt: skip
             extra = [f"{k} {v[k]:.5g}" for k in v if k.split("_")[0] not in METRICS]
             print(f"{name}: " + ", ".join(shown + extra))
 
 
 def evaluate(
-    params: Params, dae: Denoiser, vae: VAEBase, test: Split, device: torch.device
+    params: Params,
+    dae: Denoiser,
+    vae: VAEBase,
+    judge: Classifier,
+    test: Split,
+    device: torch.device,
 ) -> dict[str, dict | pd.DataFrame]:
     """Every output of the stage, by its `paths` key."""
     cfg, noise = params.evaluate, params.noise
@@ -73,10 +83,15 @@ def evaluate(
 
     outputs = {name: denoise_all(fn, test.noisy, cfg.batch_size) for name, fn in methods.items()}
     scores = {name: per_image(out, test.clean) for name, out in outputs.items()}
-    rows = bootstrap_indices(
-        len(test), cfg.bootstrap_resamples, generator(params.seed, "bootstrap")
-    )
+    for name, out in outputs.items():
+        scores[name]["accuracy"] = correct(judge, out, test.labels, cfg.batch_size)
+    gen = generator(params.seed, "bootstrap")
+    rows = bootstrap_indices(len(test), cfg.bootstrap_resamples, gen)
     summary = {name: with_interval(values, rows) for name, values in scores.items()}
+    for name, out in outputs.items():
+        summary[name]["fd"] = feature_distance(judge, test.clean, out, cfg.batch_size)
+    clean = {"accuracy": correct(judge, test.clean, test.labels, cfg.batch_size)}
+    summary["clean"] = with_interval(clean, rows)
     paired = {k: scores["dae"][k] - scores["vae"][k] for k in scores["dae"]}
     summary["dae_minus_vae"] = with_interval(paired, rows)
     kl = latent_kl(vae, test.noisy, cfg.batch_size)

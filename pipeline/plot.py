@@ -1,11 +1,14 @@
 """Stage `plot`: the pictures `dvc plots` cannot draw, as PNGs under plots/.
 
-Reads params `seed`, `noise`, `plot`, `paths`; data/noisy/test.pt, models/{dae,vae}.pt.
-Writes plots/denoised.png (rows: clean, noisy, DAE, VAE; one column per test digit) and
-plots/vae_prior_samples.png (images decoded from z ~ N(0, I): a collapsed VAE shows one
-blurry blob everywhere). The curves and bars are drawn by `dvc plots show` from the metrics.
+Reads params `seed`, `noise`, `plot`, `paths`; data/noisy/test.pt, models/{dae,vae}.pt,
+metrics/test.json. Writes plots/denoised.png (rows: clean, noisy, DAE, VAE; one column per
+test digit), plots/vae_prior_samples.png (images decoded from z ~ N(0, I): a collapsed VAE
+shows one blurry blob everywhere) and plots/perception_distortion.png (each method's MSE
+against the Fréchet distance of the classifier's features, with the classifier's accuracy).
+The curves and bars are drawn by `dvc plots show` from the metrics.
 """
 
+import json
 from pathlib import Path
 
 import torch
@@ -27,7 +30,7 @@ def main() -> None:
     params = load_params()
     paths = params.paths
     set_determinism(params.seed, "plot")
-    files = {"denoised": paths.denoised, "prior_samples": paths.prior_samples}
+    files = {n: getattr(paths, n) for n in ("denoised", "prior_samples", "perception")}
     with publish("plot", files=files) as out:  # writable? then work
         for name, fig in draw(params).items():
             save(fig, getattr(out, name))
@@ -57,7 +60,27 @@ def draw(params: Params) -> dict[str, Figure]:
         "prior_samples": image_rows(
             {"": prior}, title="VAE samples from the prior z ~ N(0, I)", per_row=side
         ),
+        "perception": perception_distortion(json.loads(Path(paths.test_metrics).read_text())),
     }
+
+
+def perception_distortion(metrics: dict) -> Figure:
+    """Each method at (MSE, Fréchet distance of the classifier's features), the MSE's 95%
+    interval as a bar, labelled with the classifier's accuracy: lower left is better."""
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    for name in ("noisy", "blur", "dae", "vae"):
+        m = metrics[name]
+        ax.errorbar(m["mse"], m["fd"], xerr=[[m["mse"] - m["mse_lo"]], [m["mse_hi"] - m["mse"]]],
+                    fmt="o", capsize=3)  # fmt: skip
+        ax.annotate(f"{name} ({m['accuracy']:.1%} read right)", (m["mse"], m["fd"]),
+                    textcoords="offset points", xytext=(6, 6))  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel="test MSE (distortion)", ylabel="Fréchet distance of classifier features",
+           title="Perception-distortion plane (lower left is better)")  # fmt: skip
+    fig.tight_layout()
+    return fig
 
 
 def pick_examples(labels: torch.Tensor, n: int) -> list[int]:

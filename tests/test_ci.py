@@ -162,7 +162,7 @@ def origin(committed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     git(repo, "push", "-q", "origin", "main")
     git(repo, "checkout", "-q", "-b", BRANCH)
     set_params(repo, {"evaluate.blur_sigma": 2.0})
-    assert ran_stages(dvc(repo, "repro").stdout) == ["validate", "evaluate"]
+    assert ran_stages(dvc(repo, "repro").stdout) == ["validate", "evaluate", "plot"]
     git(repo, "commit", "-q", "-am", "blur sigma 2")
     dvc(repo, "push")
     git(repo, "push", "-q", "origin", BRANCH)

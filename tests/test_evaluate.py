@@ -1,6 +1,7 @@
-"""The `evaluate` and `plot` stages in-process, without DVC (so `make test-fast` exercises them),
-in a tiny folder holding models trained by `train@dae` and `train@vae`: what they compute and
-write, and evaluate's refusal of non-finite metrics."""
+"""The `classifier`, `evaluate` and `plot` stages in-process, without DVC (so `make test-fast`
+exercises them), in a tiny folder holding models trained by `train@dae`, `train@vae` and
+`classifier`: what they compute and write (intervals, accuracy, feature distance), and
+evaluate's refusal of non-finite metrics."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from pipeline import evaluate, plot, train
+from pipeline import classifier, evaluate, plot, train
 from pipeline.data import load_split
+from pipeline.judge import load_classifier
 from pipeline.plumbing.config import load_params, parse_params
 from pipeline.plumbing.errors import PipelineError
 from pipeline.registry import load_model, lookup, save_model
@@ -36,7 +38,7 @@ PATHS = parse_params(raw_params()).paths
 MODELS, NOISY = Path(PATHS.models), Path(PATHS.noisy)
 METRICS = {key: Path(getattr(PATHS, key)) for key in ("test_metrics", "per_digit", "robustness",
                                                       "vae_kl")}  # fmt: skip
-PLOTS = {key: Path(getattr(PATHS, key)) for key in ("denoised", "prior_samples")}
+PLOTS = {key: Path(getattr(PATHS, key)) for key in ("denoised", "prior_samples", "perception")}
 
 
 pytestmark = pytest.mark.usefixtures("torch_state")  # tests/conftest.py
@@ -44,7 +46,8 @@ pytestmark = pytest.mark.usefixtures("torch_state")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A tiny project after train@dae, train@vae and evaluate (shared: tests copy it)."""
+    """A tiny project after train@dae, train@vae, classifier and evaluate (shared: tests copy
+    it)."""
     root = tmp_path_factory.mktemp("evaluated")
     write_params(root)
     write_splits(root, {"train": 64, "val": 32, "test": N_TEST})
@@ -56,6 +59,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         try:
             train.main(["dae"])
             train.main(["vae"])
+            classifier.main([])
             evaluate.main([])
         finally:
             torch.set_num_threads(threads)
@@ -76,14 +80,23 @@ def test_evaluate_returns_every_output_by_its_paths_key(project: Path) -> None:
     params = load_params()
     test = load_split(NOISY / "test.pt")
     dae, vae = load_model(MODELS / "dae.pt", "dae"), load_model(MODELS / "vae.pt", "vae")
-    outputs = evaluate.evaluate(params, dae, vae, test, CPU)
+    judge = load_classifier(MODELS / "classifier.pt")
+    outputs = evaluate.evaluate(params, dae, vae, judge, test, CPU)
     assert list(outputs) == list(METRICS)
 
     summary = outputs["test_metrics"]
     assert summary["n_images"] == N_TEST
     for method in ("noisy", "blur", "dae", "vae"):
-        assert set(summary[method]) >= {"mse", "psnr", "ssim"}
+        assert set(summary[method]) >= {"mse", "psnr", "ssim", "accuracy", "fd"}
         assert 0 < summary[method]["mse"] < 1 and math.isfinite(summary[method]["psnr"])
+        for metric in evaluate.METRICS:  # each mean inside its 95% interval
+            lo, hi = summary[method][f"{metric}_lo"], summary[method][f"{metric}_hi"]
+            assert lo <= summary[method][metric] <= hi, (method, metric)
+        assert 0 <= summary[method]["accuracy"] <= 1 and summary[method]["fd"] >= 0
+    assert set(summary["clean"]) == {"accuracy", "accuracy_lo", "accuracy_hi"}
+    paired = summary["dae_minus_vae"]
+    for metric in ("mse", "psnr", "ssim"):
+        assert paired[metric] == pytest.approx(summary["dae"][metric] - summary["vae"][metric])
     noisy_mse = float(torch.mean((test.noisy.clamp(0, 1) - test.clean) ** 2))
     assert summary["noisy"]["mse"] == pytest.approx(noisy_mse, rel=1e-5)  # clipped noise
 
@@ -115,7 +128,7 @@ def test_the_evaluate_stage_writes_the_same_metrics_again(
     metrics = json.loads(METRICS["test_metrics"].read_text())
     assert metrics["n_images"] == N_TEST and set(metrics["vae"]) >= {"kl", "active_dims"}
     printed = sorted(line.split(":")[0].strip() for line in out.splitlines())  # as test.json
-    assert printed == [key for key, value in metrics.items() if isinstance(value, dict)]
+    assert sorted(printed) == sorted(k for k, v in metrics.items() if isinstance(v, dict))
     assert {"noisy", "blur", "dae", "vae"} <= set(printed)  # one line per method
     header = METRICS["robustness"].read_text().splitlines()[0]
     assert header == "noise_level,noisy,blur,dae,vae"

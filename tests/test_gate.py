@@ -442,3 +442,33 @@ def test_project_tolerances_watch_both_models() -> None:
         assert tolerances[f"{model}.mse"].direction == "lower"
         assert tolerances[f"{model}.psnr"].direction == "higher"
         assert tolerances[f"{model}.ssim"].direction == "higher"
+
+
+# ------------------------------------------------- the project's tolerances, on real runs
+
+
+def reseeds() -> list[Path]:
+    return sorted((ROOT / "results" / "seeds").glob("seed-?.json"))
+
+
+def regressions(old: dict, new: dict) -> list[str]:
+    """The watched metrics of regression.yaml that `new` regresses against `old`."""
+    tolerances = load_tolerances(ROOT / "regression.yaml")[METRICS]
+    value = check_regression.lookup
+    return [key for key, t in tolerances.items() if t.regressed(value(old, key), value(new, key))]
+
+
+def test_a_reseed_of_the_default_run_passes_the_gate() -> None:
+    committed = json.loads((ROOT / METRICS).read_text())
+    assert len(reseeds()) >= 2
+    for path in reseeds():
+        reseed = json.loads(path.read_text())
+        assert regressions(committed, reseed) == [], path.name
+        assert regressions(reseed, committed) == [], path.name  # and the other way round
+
+
+def test_an_under_trained_dae_fails_the_gate() -> None:
+    committed = json.loads((ROOT / METRICS).read_text())
+    worse = json.loads((ROOT / "results" / "seeds" / "seed-2-dae-3-epochs.json").read_text())
+    assert set(regressions(committed, worse)) >= {"dae.mse", "dae.psnr", "dae.ssim"}
+    assert not any(key.startswith("vae.") for key in regressions(committed, worse))

@@ -193,7 +193,7 @@ BAD_CONFIGS = [
         {"trainer": {"epochs": 3}},
         [
             "trainer: unknown key",
-            "Allowed keys: seed, device, data, noise, dae, vae, evaluate, plot",
+            f"Allowed keys: {', '.join(Params.model_fields)}",
         ],
         id="unknown-section",
     ),

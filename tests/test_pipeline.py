@@ -181,7 +181,8 @@ def test_noop_repro_runs_nothing(reproduced_copy: Path) -> None:
         ({"dae.fresh_noise": False}, ["train@dae", "evaluate", "plot"]),
         ({"dae.channels": 6}, ["train@dae", "evaluate", "plot"]),
         ({"noise.std": 0.3}, [s for s in STAGES if s not in ("validate", "download")]),
-        ({"evaluate.blur_sigma": 2.0}, ["evaluate"]),
+        ({"evaluate.blur_sigma": 2.0}, ["evaluate", "plot"]),
+        ({"classifier.epochs": 2}, ["classifier", "evaluate", "plot"]),
         ({"plot.n_digits": 5}, ["plot"]),
     ],
 )

@@ -22,17 +22,20 @@ MAX_README_LINES = 200
 
 # (label, key in test.json); the order of the rows
 METHODS = [
+    ("clean images (the classifier's own accuracy)", "clean"),
     ("noisy input (no denoising)", "noisy"),
     ("Gaussian blur (`evaluate.blur_sigma`)", "blur"),
     ("**DAE**", "dae"),
     ("**VAE**", "vae"),
     ("DAE minus VAE (paired)", "dae_minus_vae"),
 ]
-# (metric, format): the digits shown
-METRICS = [("mse", ".5f"), ("psnr", ".2f"), ("ssim", ".3f")]
+# (metric, format): the digits shown; the GPU run has the first three only
+METRICS = [("mse", ".5f"), ("psnr", ".2f"), ("ssim", ".3f"), ("accuracy", ".2%"), ("fd", ".3f")]
+GPU_COLUMNS = METRICS[:3]
 HEADER = [
-    "| method | MSE | PSNR (dB) | SSIM | MSE, GPU config | PSNR, GPU config | SSIM, GPU config |",
-    "|---|---:|---:|---:|---:|---:|---:|",
+    "| method | MSE | PSNR (dB) | SSIM | read right | feature distance "
+    "| MSE, GPU config | PSNR, GPU config | SSIM, GPU config |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
 
 
@@ -43,7 +46,8 @@ def render_table(cpu_path: Path = CPU_METRICS, gpu_path: Path = GPU_METRICS) -> 
     rows = []
     for label, key in METHODS:
         if key in cpu:
-            cells = [cell(run.get(key, {}), m, fmt) for run in (cpu, gpu) for m, fmt in METRICS]
+            cells = [cell(cpu[key], m, fmt) for m, fmt in METRICS]
+            cells += [cell(gpu.get(key, {}), m, fmt) for m, fmt in GPU_COLUMNS]
             rows.append("| " + " | ".join([label, *cells]) + " |")
     return HEADER + rows
 
@@ -94,10 +98,15 @@ def test_results_table_matches_committed_metrics():
 
 def test_render_table_shows_each_metric_to_its_digits(tmp_path):
     run = {k: {"mse": 0.123456, "psnr": 12.345, "ssim": 0.98765} for _, k in METHODS}
+    run["dae"] |= {"accuracy": 0.97456, "accuracy_lo": 0.9712, "accuracy_hi": 0.978, "fd": 15.0474}
     (tmp_path / "a.json").write_text(json.dumps(run))
     rows = render_table(tmp_path / "a.json", tmp_path / "a.json")[len(HEADER) :]
     assert len(rows) == len(METHODS)
-    assert rows[2] == "| **DAE** | 0.12346 | 12.35 | 0.988 | 0.12346 | 12.35 | 0.988 |"
+    dae = rows[[key for _, key in METHODS].index("dae")]
+    assert dae == (
+        "| **DAE** | 0.12346 | 12.35 | 0.988 | 97.46% [97.12%, 97.80%] | 15.047 "
+        "| 0.12346 | 12.35 | 0.988 |"
+    )
 
 
 def anchors(page: Path) -> set[str]:

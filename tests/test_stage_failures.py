@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pipeline import evaluate, plot, registry, train, validate
+from pipeline.judge import Classifier, save_classifier
 from pipeline.plumbing.config import parse_params
 from pipeline.plumbing.yamlio import read_yaml
 from pipeline.registry import dae_loss, lookup, save_model
@@ -79,6 +80,7 @@ def published(folder: Path, capsys: pytest.CaptureFixture[str]) -> Path:
         torch.manual_seed(0)
         MODELS.mkdir(exist_ok=True)
         save_model(entry.build(entry.spec(cfg)), entry.spec(cfg), MODELS / f"{kind}.pt")
+    save_classifier(Classifier(params.classifier.channels), MODELS / "classifier.pt")
     assert run_main(evaluate.main, capsys)[0] == 0
     assert run_main(plot.main, capsys)[0] == 0
     return folder

@@ -130,6 +130,15 @@ class VAEParams(TrainParams):
     kl_warmup_epochs: int = Field(ge=0)
 
 
+class ClassifierParams(Section):
+    """The judge of readability (`classifier` stage): a small CNN on the clean images."""
+
+    channels: int = Field(gt=0, le=MAX_CHANNELS)
+    epochs: int = Field(gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(gt=0, le=MAX_BATCH)
+    lr: PositiveFloat
+
+
 class EvaluateParams(Section):
     batch_size: int = Field(gt=0, le=MAX_EVAL_BATCH)
     bootstrap_resamples: int = Field(ge=100, le=10_000)  # for the 95% intervals
@@ -159,6 +168,7 @@ class PathsParams(Section):
     vae_kl: RelPath
     denoised: RelPath
     prior_samples: RelPath
+    perception: RelPath
 
 
 class Params(Section):
@@ -170,6 +180,7 @@ class Params(Section):
     noise: NoiseParams
     dae: DAEParams
     vae: VAEParams
+    classifier: ClassifierParams
     evaluate: EvaluateParams
     plot: PlotParams
     paths: PathsParams
@@ -184,7 +195,7 @@ class Params(Section):
                 f"{data.train_size + data.val_size} exceeds the {MNIST_TRAIN_IMAGES} MNIST "
                 "training images"
             )
-        for name in ("dae", "vae"):
+        for name in ("dae", "vae", "classifier"):
             size = getattr(self, name).batch_size
             if size > data.train_size:
                 raise ValueError(
