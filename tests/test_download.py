@@ -416,6 +416,7 @@ def project(path: Path, mirrors: list[str]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_download_stage_with_dead_mirrors_fails_cleanly(tmp_path: Path) -> None:
     mirrors = []
     for _ in range(2):
@@ -435,6 +436,7 @@ def test_download_stage_with_dead_mirrors_fails_cleanly(tmp_path: Path) -> None:
     assert list((repo / "data").glob(".*")) == []  # no temporary left behind
 
 
+@pytest.mark.slow
 def test_download_stage_refuses_an_unsupported_mnist_mirror(tmp_path: Path) -> None:
     repo = project(tmp_path / "project", ["http://127.0.0.1:9/"])
     proc = run_stage(repo, "download", env={"MNIST_MIRROR": "ftp://127.0.0.1/mnist/"})
@@ -443,6 +445,7 @@ def test_download_stage_refuses_an_unsupported_mnist_mirror(tmp_path: Path) -> N
     assert not (repo / "data").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not all((SHARED_MNIST / f"{name}.gz").exists() for name in MNIST_FILES),
     reason=f"no copy of the official MNIST files in {SHARED_MNIST}",

@@ -169,6 +169,14 @@ def test_a_full_disk_is_one_line_naming_the_output(outputs: Path, capsys) -> Non
     assert snapshot(outputs) == before
 
 
+def test_an_error_reading_an_input_is_not_reported_as_a_write(outputs: Path) -> None:
+    before = snapshot(outputs)
+    with pytest.raises(PermissionError), publish("s", files=TARGETS) as out:
+        out.first.write_text("new\n")
+        raise PermissionError(errno.EACCES, "Permission denied", "data/input.pt")
+    assert snapshot(outputs) == before
+
+
 # ----------------------------------------------------- signals and kills during the swap
 
 # A child process publishes the fixture's outputs; a signal arrives before its k-th rename (the
@@ -333,6 +341,7 @@ def test_a_signal_while_a_stage_imports_torch_is_one_line(tmp_path: Path) -> Non
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=str)
 def test_a_signal_during_training_keeps_the_previous_model_summary_and_curves(
     tmp_path: Path, signum: int

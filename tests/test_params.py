@@ -613,6 +613,7 @@ def test_deeper_nesting_is_refused_on_one_line(tmp_path: Path, text: str) -> Non
 # ---------------------------------------------------------------- stages on the command line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("stage", "text", "fragments"),
     [
@@ -661,6 +662,7 @@ def test_stage_with_bad_params_fails_cleanly_and_writes_nothing(
     assert sorted(tmp_path.iterdir()) == before  # no data/noisy, models or metrics
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     ("text", "problem"),

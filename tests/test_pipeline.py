@@ -117,6 +117,7 @@ def import_closure(script: Path) -> set[str]:
     return {p.relative_to(ROOT).as_posix() for p in seen}
 
 
+@pytest.mark.slow
 def test_the_stage_list_is_dvc_yaml_s_in_an_order_dvc_can_run(resolved) -> None:
     assert list(resolved) == STAGES
     made_by = {out: name for name, stage in resolved.items() for out in stage["outs"]}

@@ -20,6 +20,7 @@ forward (every new output put in place), so the outputs are always all previous 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -60,9 +61,11 @@ def publish(
                 if not new[name].exists():
                     raise PipelineError(f"{stage} wrote no {target}; previous outputs kept")
                 _sync(new[name])
-        except OSError as e:
+        except OSError as e:  # writing an output failed (a full disk): name the output
             written = next((kinds[n][0] for n in work if _inside(e.filename, work[n])), None)
-            where = written or e.filename or "an output"
+            if written is None and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise  # not a write of ours: the stage's own error
+            where = written or "an output"
             raise PipelineError(
                 f"cannot write {where}: {_reason(e)}; previous outputs kept"
             ) from None
