@@ -9,6 +9,7 @@ only what it changes; the queued sweep and the branch compared with main share o
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import re
 import shutil
@@ -283,6 +284,15 @@ def assert_stopped_at_validate(repo: Path, proc, expected: list[str], before: di
     assert fingerprint(repo) == before
 
 
+@contextlib.contextmanager
+def params_restored(repo: Path):
+    """Put the committed params.yaml back after the block, whatever it did to it."""
+    try:
+        yield
+    finally:
+        git(repo, "checkout", "params.yaml")
+
+
 @e2e
 @pytest.mark.parametrize(("edit", "expected"), BAD_EDITS)
 def test_a_bad_edit_stops_dvc_repro_at_validate_and_keeps_every_output(
@@ -290,12 +300,10 @@ def test_a_bad_edit_stops_dvc_repro_at_validate_and_keeps_every_output(
 ) -> None:
     repo = shared_copy
     before = fingerprint(repo)
-    try:
+    with params_restored(repo):
         edit(repo)
         proc = repro(repo, check=False)
         assert_stopped_at_validate(repo, proc, expected, before)
-    finally:
-        git(repo, "checkout", "params.yaml")
 
 
 @e2e
@@ -307,14 +315,12 @@ def test_params_without_paths_stop_dvc_before_any_stage_and_keep_every_output(
     naming the missing key, before `validate` or any other stage runs."""
     repo = shared_copy
     before = fingerprint(repo)
-    try:
+    with params_restored(repo):
         edit(repo)
         proc = repro(repo, check=False)
         assert proc.returncode != 0 and ran_stages(proc.stdout) == [], output(proc)
         assert "Could not find 'paths." in output(proc)
         assert fingerprint(repo) == before
-    finally:
-        git(repo, "checkout", "params.yaml")
 
 
 @e2e
@@ -324,13 +330,11 @@ def test_a_bad_exp_run_set_stops_at_validate_and_keeps_every_output(
 ) -> None:
     repo = shared_copy
     before = fingerprint(repo)
-    try:
+    with params_restored(repo):
         proc = dvc(repo, "exp", "run", "-S", setting, check=False)
         # DVC leaves the bad value in the workspace's params.yaml
         assert git(repo, "diff", "--name-only").stdout.split() == ["params.yaml"]
         assert_stopped_at_validate(repo, proc, expected, before)
-    finally:
-        git(repo, "checkout", "params.yaml")
 
 
 @e2e
