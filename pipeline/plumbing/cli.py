@@ -26,7 +26,7 @@ KEPT = "previous outputs kept"
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived; raised where the stage is, so that it cleans up."""
 
-    def __init__(self, signum: int, done: str = "previous outputs kept") -> None:
+    def __init__(self, signum: int, done: str = KEPT) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum, self.done = signum, done
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.plumbing.cli import deferred_signals
+from pipeline.plumbing.cli import KEPT, deferred_signals
 from pipeline.plumbing.errors import PipelineError
 
 JOURNALS = Path(".publish")  # relative to the project root, where stages run (git-ignored)
@@ -59,16 +59,14 @@ def publish(
             yield SimpleNamespace(**new)
             for name, (target, _) in kinds.items():
                 if not new[name].exists():
-                    raise PipelineError(f"{stage} wrote no {target}; previous outputs kept")
+                    raise PipelineError(f"{stage} wrote no {target}; {KEPT}")
                 _sync(new[name])
         except OSError as e:  # writing an output failed (a full disk): name the output
             written = next((kinds[n][0] for n in work if _inside(e.filename, work[n])), None)
             if written is None and e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise  # not a write of ours: the stage's own error
             where = written or "an output"
-            raise PipelineError(
-                f"cannot write {where}: {_reason(e)}; previous outputs kept"
-            ) from None
+            raise PipelineError(f"cannot write {where}: {_reason(e)}; {KEPT}") from None
         moves = [
             (str(kinds[n][0]), str(new[n]), str(work[n] / f"{new[n].name}.old")) for n in kinds
         ]
@@ -79,9 +77,7 @@ def publish(
             except OSError as e:
                 _roll_back(moves)
                 _remove_journal(journal)
-                raise PipelineError(
-                    f"cannot publish: {_reason(e)}; previous outputs kept"
-                ) from None
+                raise PipelineError(f"cannot publish: {_reason(e)}; {KEPT}") from None
             _remove_journal(journal)
     finally:
         for w in work.values():
@@ -156,7 +152,7 @@ def _write_journal(stage: str, moves: list[tuple[str, str, str]]) -> Path:
         _fsync(JOURNALS)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise PipelineError(f"cannot publish: {_reason(e)}; previous outputs kept") from None
+        raise PipelineError(f"cannot publish: {_reason(e)}; {KEPT}") from None
     return journal
 
 
