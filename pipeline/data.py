@@ -12,6 +12,7 @@ from torchvision.datasets import MNIST
 from pipeline.plumbing import tensorfile
 from pipeline.plumbing.config import MNIST_TRAIN_IMAGES, NoiseKind
 from pipeline.plumbing.errors import PipelineError
+from pipeline.runtime import generator
 
 IMAGE_SHAPE = (28, 28)
 SPLIT_DTYPES = {"clean": torch.uint8, "noisy": torch.float16, "labels": torch.uint8}
@@ -32,20 +33,31 @@ def load_mnist(folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return ds.data, ds.targets
 
 
+def split_indices(seed: int, val_size: int, train_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation and training indices into MNIST's training images: disjoint seeded samples
+    (stream `split`)."""
+    perm = torch.randperm(MNIST_TRAIN_IMAGES, generator=generator(seed, "split"))
+    return perm[:val_size], perm[val_size:][:train_size]
+
+
 def add_noise(
-    clean: torch.Tensor, kind: str, level: float, clip: bool, generator: torch.Generator
+    clean: torch.Tensor,
+    kind: str,
+    level: float | torch.Tensor,
+    clip: bool,
+    gen: torch.Generator,
 ) -> torch.Tensor:
-    """Corrupt images in [0, 1].
+    """Corrupt images in [0, 1]; `level` is one number, or one per image (N x 1 x 1 x 1).
 
     gaussian: x + level * N(0, 1); speckle: x + x * level * N(0, 1);
     salt_pepper: a fraction `level` of pixels set to 0 or 1 with equal odds.
     """
     if kind == "gaussian":
-        noisy = clean + level * torch.randn(clean.shape, generator=generator)
+        noisy = clean + level * torch.randn(clean.shape, generator=gen)
     elif kind == "speckle":
-        noisy = clean + clean * level * torch.randn(clean.shape, generator=generator)
+        noisy = clean + clean * level * torch.randn(clean.shape, generator=gen)
     elif kind == "salt_pepper":
-        u = torch.rand(clean.shape, generator=generator)
+        u = torch.rand(clean.shape, generator=gen)
         noisy = torch.where(u < level / 2, 0.0, torch.where(u < level, 1.0, clean))
     else:
         raise ValueError(f"unknown noise kind {kind!r}; allowed: {', '.join(get_args(NoiseKind))}")

@@ -8,11 +8,9 @@ The validation images are a seeded sample of MNIST's training set, disjoint from
 
 from pathlib import Path
 
-import torch
-
-from pipeline.data import add_noise, load_mnist, save_split
+from pipeline.data import add_noise, load_mnist, save_split, split_indices
 from pipeline.plumbing.cli import stage
-from pipeline.plumbing.config import MNIST_TRAIN_IMAGES, load_params
+from pipeline.plumbing.config import load_params
 from pipeline.plumbing.publish import publish
 from pipeline.runtime import generator
 
@@ -24,8 +22,7 @@ def main() -> None:
     with publish("make_noisy", folders={"noisy": paths.noisy}) as out:
         images, labels = load_mnist(Path(paths.mnist), train=True)
         test_images, test_labels = load_mnist(Path(paths.mnist), train=False)
-        perm = torch.randperm(MNIST_TRAIN_IMAGES, generator=generator(params.seed, "split"))
-        val_idx, train_idx = perm[: data.val_size], perm[data.val_size :][: data.train_size]
+        val_idx, train_idx = split_indices(params.seed, data.val_size, data.train_size)
         chosen = {
             "train": (images[train_idx], labels[train_idx]),
             "val": (images[val_idx], labels[val_idx]),

@@ -1,14 +1,14 @@
-"""Stage `plot`: the pictures `dvc plots` cannot draw, as PNGs under plots/.
+"""Stage `plot`: the pictures of the models' outputs, as PNGs under plots/.
 
-Reads params `seed`, `noise`, `plot`, `paths`; data/noisy/test.pt, models/{dae,vae}.pt,
-metrics/test.json. Writes plots/denoised.png (rows: clean, noisy, DAE, VAE; one column per
-test digit), plots/vae_prior_samples.png (images decoded from z ~ N(0, I): a collapsed VAE
-shows one blurry blob everywhere) and plots/perception_distortion.png (each method's MSE
-against the Fréchet distance of the classifier's features, with the classifier's accuracy).
-The curves and bars are drawn by `dvc plots show` from the metrics.
+Reads params `seed`, `noise`, `plot`, `paths`; data/noisy/test.pt, models/{dae,vae}.pt.
+Writes plots/denoised.png (rows: clean, noisy, DAE, VAE; one column per test digit),
+plots/worst_examples.png (each model's worst-restored test images with their error maps),
+plots/vae_latent_pca.png (the VAE's posterior means of the test images, first two principal
+components, by digit) and plots/vae_prior_samples.png (images decoded from z ~ N(0, I): a
+collapsed VAE shows one blurry blob everywhere). The curves and bars of the metrics are drawn
+by `dvc plots show` and by the `report` stage.
 """
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from pipeline.data import load_split
+from pipeline.metrics import denoise_all
+from pipeline.pages import save_png
 from pipeline.plumbing.cli import stage
 from pipeline.plumbing.config import Params, load_params
 from pipeline.plumbing.publish import publish
@@ -30,10 +32,10 @@ def main() -> None:
     params = load_params()
     paths = params.paths
     set_determinism(params.seed, "plot")
-    files = {n: getattr(paths, n) for n in ("denoised", "prior_samples", "perception")}
+    files = {n: getattr(paths, n) for n in ("denoised", "worst", "latent", "prior_samples")}
     with publish("plot", files=files) as out:  # writable? then work
         for name, fig in draw(params).items():
-            save(fig, getattr(out, name))
+            save_png(fig, getattr(out, name))
 
 
 def draw(params: Params) -> dict[str, Figure]:
@@ -53,32 +55,71 @@ def draw(params: Params) -> dict[str, Figure]:
         gen = generator(params.seed, "prior-samples")
         z = torch.randn(params.plot.n_prior_samples, vae.latent_dim, generator=gen)
         prior = torch.sigmoid(vae.decode_logits(z))
+        outputs = {
+            "DAE": denoise_all(dae, test.noisy, 1000),
+            "VAE": denoise_all(vae, test.noisy, 1000),
+        }
+        means = torch.cat(
+            [vae.encode(test.noisy[i : i + 1000])[0] for i in range(0, len(test), 1000)]
+        )
     noise = f"{params.noise.kind} noise, level {params.noise.level}"
     side = max(1, int(len(prior) ** 0.5))
     return {
         "denoised": image_rows(rows, title=f"Test digits ({noise})"),
+        "worst": worst_examples(test.clean, test.noisy, outputs, params.plot.n_worst),
+        "latent": latent_pca(means, test.labels),
         "prior_samples": image_rows(
             {"": prior}, title="VAE samples from the prior z ~ N(0, I)", per_row=side
         ),
-        "perception": perception_distortion(json.loads(Path(paths.test_metrics).read_text())),
     }
 
 
-def perception_distortion(metrics: dict) -> Figure:
-    """Each method at (MSE, Fréchet distance of the classifier's features), the MSE's 95%
-    interval as a bar, labelled with the classifier's accuracy: lower left is better."""
-    fig = Figure(figsize=(6, 4.5))
+def worst_examples(
+    clean: torch.Tensor, noisy: torch.Tensor, outputs: dict[str, torch.Tensor], n: int
+) -> Figure:
+    """For each model, its `n` test images of highest MSE: clean, noisy, output, and the
+    error map |output - clean| (0 black, 1 bright)."""
+    fig = Figure(figsize=(max(4, n * 0.75), 1.05 * 4 * len(outputs) + 0.4))
+    axes = fig.subplots(4 * len(outputs), 1, squeeze=False)[:, 0]
+    for i, (name, out) in enumerate(outputs.items()):
+        errors = torch.mean((out - clean) ** 2, dim=(1, 2, 3))
+        worst = torch.argsort(errors, descending=True)[:n]
+        strips = {
+            "clean": (clean[worst], "gray"),
+            "noisy": (noisy[worst].clamp(0, 1), "gray"),
+            f"{name} output": (out[worst], "gray"),
+            f"{name} error": ((out[worst] - clean[worst]).abs(), "magma"),
+        }
+        for ax, (label, (images, cmap)) in zip(
+            axes[4 * i : 4 * i + 4], strips.items(), strict=True
+        ):
+            pad = 0.0 if cmap == "magma" else 1.0  # no bright frame around the error maps
+            strip = make_grid(images, nrow=n, padding=PAD, pad_value=pad)[0]
+            ax.imshow(strip.numpy(), cmap=cmap, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_ylabel(label, rotation=0, ha="right", va="center")
+        low, high = errors[worst[-1]], errors[worst[0]]
+        axes[4 * i].set_title(f"{name}: worst {n} of {len(clean):,} (MSE {low:.3f} to {high:.3f})")
+    fig.tight_layout()
+    return fig
+
+
+def latent_pca(means: torch.Tensor, labels: torch.Tensor) -> Figure:
+    """The VAE's posterior means projected on their first two principal components, by digit."""
+    centred = means - means.mean(dim=0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    xy = centred @ v[:2].T
+    explained = (s[:2] ** 2 / (s**2).sum()).tolist()
+    fig = Figure(figsize=(6, 5))
     ax = fig.subplots()
-    for name in ("noisy", "blur", "dae", "vae"):
-        m = metrics[name]
-        ax.errorbar(m["mse"], m["fd"], xerr=[[m["mse"] - m["mse_lo"]], [m["mse_hi"] - m["mse"]]],
-                    fmt="o", capsize=3)  # fmt: skip
-        ax.annotate(f"{name} ({m['accuracy']:.1%} read right)", (m["mse"], m["fd"]),
-                    textcoords="offset points", xytext=(6, 6))  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set(xlabel="test MSE (distortion)", ylabel="Fréchet distance of classifier features",
-           title="Perception-distortion plane (lower left is better)")  # fmt: skip
+    for digit in range(10):
+        pts = xy[labels == digit]
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, label=str(digit), color=f"C{digit}")
+    ax.set(xlabel=f"PC 1 ({explained[0]:.0%} of variance)",
+           ylabel=f"PC 2 ({explained[1]:.0%} of variance)",
+           title="VAE posterior means of the test images (PCA)")  # fmt: skip
+    ax.legend(markerscale=5, title="digit", fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
@@ -102,11 +143,6 @@ def image_rows(rows: dict[str, torch.Tensor], title: str, per_row: int | None = 
     ax.set_yticks([PAD + i * (28 + PAD) + 14 for i in range(len(rows))], list(rows))
     ax.set_title(title)
     return fig
-
-
-def save(fig: Figure, path: Path) -> None:
-    """Write a PNG without metadata that would differ between runs."""
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pipeline.plumbing.preflight import check_memory, check_precision
 from pipeline.plumbing.publish import publish, write_json
 from pipeline.registry import lookup, save_model
 from pipeline.runtime import resolve_device, set_determinism
-from pipeline.training import fit
+from pipeline.training import fit, fresh_noise
 
 
 def arguments(parser) -> None:
@@ -37,7 +37,7 @@ def main(model: str) -> None:
     spec = entry.spec(cfg)
     net = entry.build(spec)
     check_memory(model, net, cfg.batch_size, device)
-    noise = params.noise if cfg.fresh_noise else None
+    noise = fresh_noise(params.noise, params.seed) if cfg.fresh_noise else None
     with publish(f"train@{model}", files={"model": model_file}, folders={"logs": logs}) as out:
         summary = fit(net, entry.loss_of(cfg), train, val, cfg, seed=params.seed, device=device,
                       live_dir=out.logs, name=model, noise=noise)  # fmt: skip

@@ -22,6 +22,7 @@ from pipeline.plumbing.errors import PipelineError
 from pipeline.registry import LossFn
 from pipeline.runtime import generator
 
+NoiseFn = Callable[[torch.Tensor, int | str], torch.Tensor]  # (clean, epoch or stream) -> noisy
 VAL_BATCH = 1000  # validation runs without gradients: large batches, few steps
 
 
@@ -36,16 +37,15 @@ def fit(
     device: torch.device,
     live_dir: Path,
     name: str,
-    noise: NoiseParams | None = None,
+    noise: NoiseFn | None = None,
 ) -> dict[str, dict[str, float]]:
     """Train `model` in place with AdamW and a one-cycle schedule; return the last epoch's
     mean train terms and validation metrics (`{"train": ..., "val": ...}`).
 
     Batches are drawn from in-memory tensors in an order from the stream `batch-order/<name>`.
-    With `noise`, the training images get noise drawn anew each epoch (stream `train-noise`,
-    epoch: the same draw for both models) instead
-    of the fixed noisy copy. Losses are summed on the device and read once per epoch (no host
-    sync per step). Each epoch is logged with dvclive into `live_dir` (step = epoch number)
+    With `noise` (see :func:`fresh_noise`), the training images get noise drawn anew each epoch
+    instead of the fixed noisy copy. Losses are summed on the device and read once per epoch
+    (no host sync per step). Each epoch is logged with dvclive into `live_dir` (step = epoch number)
     and as one line on stdout.
     """
     order = generator(seed, "batch-order", name)
@@ -63,7 +63,7 @@ def fit(
     for epoch in tqdm(range(cfg.epochs), desc=f"{name} epochs", unit="epoch", disable=quiet):
         start = time.perf_counter()
         if noise is not None:
-            train = replace(train, noisy=fresh_noise(clean_cpu, noise, seed, epoch).to(device))
+            train = replace(train, noisy=noise(clean_cpu, epoch).to(device))
         model.train()
         totals: dict[str, torch.Tensor] = {}
         batches = tqdm(
@@ -92,11 +92,24 @@ def fit(
     return summary
 
 
-def fresh_noise(clean: torch.Tensor, noise: NoiseParams, seed: int, epoch: int) -> torch.Tensor:
-    """This epoch's noisy copy of `clean`, drawn on the CPU (the same on every device)."""
-    return add_noise(
-        clean, noise.kind, noise.level, noise.clip, generator(seed, "train-noise", epoch)
-    )
+def fresh_noise(
+    noise: NoiseParams, seed: int, levels: tuple[float, float] | None = None
+) -> NoiseFn:
+    """Each epoch's noisy copy of the clean images at `noise.level`, drawn on the CPU (the same
+    on every device) from the stream `train-noise/<epoch>` (the same draw for both models).
+    With `levels` (low, high), each image's level is drawn uniformly from that range instead
+    (stream `train-levels/<epoch>`): the training data of a blind denoiser."""
+
+    def draw(clean: torch.Tensor, epoch: int | str) -> torch.Tensor:
+        level: float | torch.Tensor = noise.level
+        if levels is not None:
+            low, high = levels
+            u = torch.rand(len(clean), 1, 1, 1, generator=generator(seed, "train-levels", epoch))
+            level = low + (high - low) * u
+        gen = generator(seed, "train-noise", epoch)
+        return add_noise(clean, noise.kind, level, noise.clip, gen)
+
+    return draw
 
 
 def make_optimizer(

@@ -9,6 +9,9 @@
 #   ci_compare.sh diff         dvc params diff and dvc metrics diff vs $BASE into $SUMMARY
 #   ci_compare.sh plots        dvc plots diff vs $BASE into $PLOTS_DIR (default plots-diff)
 #   ci_compare.sh gate         python -m pipeline.check_regression --rev $BASE, table into $SUMMARY
+#   ci_compare.sh report       the report pages' text and tables (report/README.md, and
+#                              study.md where the study has run; no images) into $SUMMARY, and the pages with their images into
+#                              $REPORT_DIR (default report-page/, laid out as in the repository)
 #
 # BASE: the base branch (required by fetch-base, diff, plots, gate). SUMMARY: a markdown file to
 # append to (default: $GITHUB_STEP_SUMMARY on GitHub, else standard output).
@@ -71,8 +74,24 @@ gate)
         python -m pipeline.check_regression --rev "$BASE" --summary "$summary"
     fi
     ;;
+report)
+    if [[ ! -f report/README.md ]]; then
+        echo "ci_compare.sh report: no report/README.md; run dvc repro first" >&2
+        exit 1
+    fi
+    for page in report/README.md report/study.md; do  # the study's page once it has run
+        if [[ -f "$page" ]]; then
+            # image lines would not resolve in the job summary: the artifact has the images
+            grep -v '^!\[' "$page" >>"$summary"
+            echo >>"$summary"
+        fi
+    done
+    out="${REPORT_DIR:-report-page}"
+    mkdir -p "$out"
+    cp -R report plots "$out/"
+    ;;
 *)
-    echo "usage: ci_compare.sh fetch-base|pull|diff|plots|gate (see the top of $0)" >&2
+    echo "usage: ci_compare.sh fetch-base|pull|diff|plots|gate|report (see the top of $0)" >&2
     exit 2
     ;;
 esac

@@ -31,6 +31,8 @@ PROJECT_FILES = [
     "pipeline",
     "dvc.yaml",
     "params.yaml",
+    "study/dvc.yaml",
+    "study/params.yaml",
     "regression.yaml",
     ".dvc/config",
     ".dvcignore",
@@ -75,9 +77,10 @@ set_dotted = exp_args.set_dotted
 DELETE = exp_args.DELETE
 
 
-def set_params(repo: Path, changes: dict[str, Any]) -> None:
-    """Set dotted keys (`vae.latent_dim`) in `repo/params.yaml` (written as JSON: YAML 1.2)."""
-    path = repo / "params.yaml"
+def set_params(repo: Path, changes: dict[str, Any], file: str = "params.yaml") -> None:
+    """Set dotted keys (`vae.latent_dim`) in `repo/params.yaml`, or another params `file`
+    (written as JSON: YAML 1.2)."""
+    path = repo / file
     path.write_text(json.dumps(set_dotted(read_yaml(path), changes), indent=1) + "\n")
 
 
@@ -144,6 +147,7 @@ def new_project(
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     set_params(dest, {**TINY, **(params or {})})
+    set_params(dest, TINY_STUDY, "study/params.yaml")
     git(dest, "init", "-q", "-b", "main")
     folder, official = mirror
     if not official:
@@ -224,7 +228,19 @@ TINY: dict[str, Any] = {
     "evaluate.batch_size": 20,
     "evaluate.noise_levels": [0.0, 0.5],
     "plot.n_digits": 10,
+    "plot.n_worst": 3,
     "plot.n_prior_samples": 4,
+}
+# The study's tiny budget (study/params.yaml), with TINY's architectures: 2 x 2 x 2 + 2 models.
+TINY_STUDY: dict[str, Any] = {
+    "study.levels": [0.2, 0.6],
+    "study.seeds": [1, 2],
+    "study.test_levels": [0.0, 0.2, 0.6, 0.9],
+    "study.train_size": 64,
+    "study.val_size": 32,
+    "study.test_size": 40,
+    "study.epochs": 1,
+    "study.batch_size": 16,
 }
 
 

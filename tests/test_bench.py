@@ -163,3 +163,13 @@ def test_main_prints_and_writes_every_figure(tmp_path: Path, monkeypatch, capsys
     assert figures["threads"] == 1 and figures["batch_size"] == 16 and figures["kind"] == "dae"
     out = capsys.readouterr().out
     assert all(key in out for key in figures) and "(target >= 3)" in out
+
+
+def test_step_variants_times_every_variant(monkeypatch, capsys) -> None:
+    from bench import step_variants
+
+    monkeypatch.chdir(ROOT)  # the default params.yaml's DAE
+    rates = step_variants.main(["--steps", "1", "--rounds", "1", "--batch-size", "4",
+                                "--noise-images", "10"])  # fmt: skip
+    assert list(rates) == list(step_variants.VARIANTS) and all(r > 0 for r in rates.values())
+    assert "fresh noise for 10 images" in capsys.readouterr().out

@@ -69,7 +69,7 @@ def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
     (tmp_path / ".github/workflows").mkdir(parents=True)
     bad = WORKFLOW.read_text().replace("timeout-minutes: 60", "timeout-minute: 60")
     bad = bad.replace("github.base_ref", "github.base_reff")
-    bad = bad.replace("- run: make lint", "- run: cd $HOME/x")
+    bad = bad.replace("run: make lint", "run: cd $HOME/x")
     (tmp_path / ".github/workflows/pr.yml").write_text(bad)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     git(tmp_path, "init", "-q")
@@ -108,17 +108,44 @@ def test_the_jobs_run_the_tests_and_the_tested_compare_script() -> None:
     assert any("make test" in s.get("run", "") for s in jobs["test"]["steps"])
     steps = jobs["compare"]["steps"]
     script = "\n".join(s.get("run", "") for s in steps)
-    for sub in ("fetch-base", "pull", "diff", "plots", "gate"):
+    for sub in ("fetch-base", "pull", "diff", "plots", "report", "gate"):
         assert f"scripts/ci_compare.sh {sub}" in script
     assert "dvc pull" not in script.replace("scripts/ci_compare.sh", "")
     comparing = [
         s
         for s in steps
-        if re.search(r"ci_compare.sh (diff|plots|gate|fetch-base)", s.get("run", ""))
+        if re.search(r"ci_compare.sh (diff|plots|report|gate|fetch-base)", s.get("run", ""))
     ]
     assert all(s["if"] == "github.event_name == 'pull_request'" for s in comparing)
     uploads = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact")]
-    assert [s["with"]["path"] for s in uploads] == ["plots-diff/"]  # the plots step's folder
+    assert [s["with"]["path"] for s in uploads] == ["plots-diff/", "report-page/"]  # the steps'
+    # folders
+
+
+def test_the_test_job_covers_every_supported_python() -> None:
+    job = workflow()["jobs"]["test"]
+    assert job["strategy"]["matrix"]["python"] == ["3.11", "3.12", "3.13"]
+    assert job["strategy"]["matrix"]["include"] == [{"python": "3.11", "full": True}]
+    runs = {s.get("run"): s.get("if") for s in job["steps"] if "run" in s}
+    assert runs["make test"] == runs["make lint"] == "matrix.full"
+    assert runs["make test-smoke"] == "${{ !matrix.full }}"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'requires-python = ">=3.11,<3.14"' in pyproject
+
+
+def test_the_study_workflow_runs_slices_then_collects_with_the_tested_script() -> None:
+    study = read_yaml(ROOT / ".github/workflows/study.yml")
+    assert list(study["on"]) == ["workflow_dispatch"]
+    jobs = study["jobs"]
+    assert jobs["slice"]["strategy"]["matrix"]["seed"] == "${{ fromJSON(inputs.seeds) }}"
+    assert jobs["collect"]["needs"] == "slice"
+    runs = {name: "\n".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
+    assert 'scripts/study_slices.sh slice "$SEED"' in runs["slice"]
+    assert "scripts/study_slices.sh collect" in runs["collect"]
+    for action, comment in re.findall(
+        r"uses: (\S+)(.*)", (ROOT / ".github/workflows/study.yml").read_text()
+    ):
+        assert re.fullmatch(r"actions/[\w-]+@[0-9a-f]{40}", action) and comment.startswith(" # v")
 
 
 def test_dependabot_watches_actions_and_pip() -> None:
@@ -144,7 +171,8 @@ def test_unknown_step_is_a_usage_error(tmp_path: Path) -> None:
 def test_make_compare_runs_the_steps_in_order() -> None:
     proc = subprocess.run(["make", "-n", "compare"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert re.findall(r"ci_compare.sh (\w+)", proc.stdout) == ["pull", "diff", "plots", "gate"]
+    steps = re.findall(r"ci_compare.sh (\w+)", proc.stdout)
+    assert steps == ["pull", "diff", "plots", "report", "gate"]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +190,7 @@ def origin(committed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     git(repo, "push", "-q", "origin", "main")
     git(repo, "checkout", "-q", "-b", BRANCH)
     set_params(repo, {"evaluate.blur_sigma": 2.0})
-    assert ran_stages(dvc(repo, "repro").stdout) == ["validate", "evaluate", "plot"]
+    assert ran_stages(dvc(repo, "repro").stdout) == ["validate", "evaluate", "report"]
     git(repo, "commit", "-q", "-am", "blur sigma 2")
     dvc(repo, "push")
     git(repo, "push", "-q", "origin", BRANCH)
@@ -198,6 +226,14 @@ def test_the_compare_job_on_a_pull_request(origin: dict[str, Path], tmp_path: Pa
 
     step(repo, "plots", PLOTS_DIR=str(tmp_path / "plots-diff"))
     assert (tmp_path / "plots-diff" / "index.html").is_file()
+
+    step(repo, "report", summary, REPORT_DIR=str(tmp_path / "report-page"))
+    text = summary.read_text()
+    assert "## Headline" in text and "| **DAE** |" in text  # the report's tables
+    assert "![" not in text  # no image links (this tiny project has no study page)
+    page = tmp_path / "report-page" / "report" / "README.md"
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text()):
+        assert (page.parent / link).is_file(), link  # the artifact holds every image
 
     gate = step(repo, "gate", summary)
     assert "dae.mse" in gate.stdout and "vae.mse" in gate.stdout
@@ -263,6 +299,32 @@ def test_push_clone_pull_through_a_local_remote(committed: Path, tmp_path: Path)
     assert (clone / "models/dae.pt").read_bytes() == (repo / "models/dae.pt").read_bytes()
     assert json.loads(dvc(clone, "status", "--json").stdout) == {}
     assert ran_stages(repro(clone).stdout) == []
+
+
+@e2e
+def test_an_experiment_travels_through_the_git_and_dvc_remotes(committed, tmp_path) -> None:
+    """One clone runs an experiment and `dvc exp push`es it; a second clone `dvc exp pull`s it
+    and applies it: the same metrics and model, nothing recomputed."""
+    dev, bare, store = tmp_path / "dev", tmp_path / "origin.git", tmp_path / "store"
+    shutil.copytree(committed, dev, symlinks=True)
+    dvc(dev, "remote", "add", "-d", "store", str(store))
+    git(dev, "commit", "-q", "-am", "a DVC remote")
+    dvc(dev, "push")
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(dev, "remote", "add", "origin", str(bare))
+    git(dev, "push", "-q", "origin", "main")
+    dvc(dev, "exp", "run", "-n", "slow-lr", "-S", "dae.lr=0.0005")
+    dvc(dev, "exp", "push", "origin", "slow-lr")  # its git ref, and its outputs to `store`
+
+    git(tmp_path, "clone", "-q", str(bare), "teammate")
+    mate = tmp_path / "teammate"
+    dvc(mate, "exp", "pull", "origin", "slow-lr")
+    assert "slow-lr" in dvc(mate, "exp", "list", "--all-commits").stdout
+    dvc(mate, "exp", "apply", "slow-lr")
+    for path in ("metrics/test.json", "models/dae.pt", "dvc.lock"):
+        assert (mate / path).read_bytes() == (dev / path).read_bytes(), path
+    assert read_yaml(mate / "params.yaml")["dae"]["lr"] == 0.0005
+    assert ran_stages(repro(mate).stdout) == []  # the outputs came with it
 
 
 BUCKET = "denoise-dvc"

@@ -1,7 +1,7 @@
-"""The `classifier`, `evaluate` and `plot` stages in-process, without DVC (so `make test-fast`
-exercises them), in a tiny folder holding models trained by `train@dae`, `train@vae` and
-`classifier`: what they compute and write (intervals, accuracy, feature distance), and
-evaluate's refusal of non-finite metrics."""
+"""The `classifier`, `evaluate`, `plot` and `report` stages in-process, without DVC (so
+`make test-fast` exercises them), in a tiny folder holding models trained by `train@dae`,
+`train@vae` and `classifier`: what they compute and write (intervals, accuracy, feature
+distance, the report page), and evaluate's refusal of non-finite metrics."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from pipeline import classifier, evaluate, plot, train
+from pipeline import classifier, evaluate, plot, report, train
 from pipeline.data import load_split
 from pipeline.judge import load_classifier
 from pipeline.plumbing.config import load_params, parse_params
@@ -38,7 +38,9 @@ PATHS = parse_params(raw_params()).paths
 MODELS, NOISY = Path(PATHS.models), Path(PATHS.noisy)
 METRICS = {key: Path(getattr(PATHS, key)) for key in ("test_metrics", "per_digit", "robustness",
                                                       "vae_kl")}  # fmt: skip
-PLOTS = {key: Path(getattr(PATHS, key)) for key in ("denoised", "prior_samples", "perception")}
+PLOTS = {key: Path(getattr(PATHS, key)) for key in ("denoised", "worst", "latent", "prior_samples")}
+REPORT_KEYS = ("report", "report_mse_vs_noise", "report_per_digit", "report_perception")
+REPORT = {key: Path(getattr(PATHS, key)) for key in REPORT_KEYS}
 
 
 pytestmark = pytest.mark.usefixtures("torch_state")  # tests/conftest.py
@@ -148,6 +150,24 @@ def test_the_plot_stage_draws_every_figure(
     for path in PLOTS.values():
         data = path.read_bytes()
         assert data[:8] == PNG and len(data) > 2000, path
+    assert temporaries(project) == []
+
+
+def test_the_report_stage_writes_its_page_from_the_metrics(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(plot.main, capsys)[0] == 0  # the page links the plot stage's images
+    code, out, err = run_main(report.main, capsys)
+    assert (code, err) == (0, "") and "report/README.md" in out
+    text = REPORT["report"].read_text()
+    metrics = json.loads(METRICS["test_metrics"].read_text())
+    assert f"| **DAE** | {report.cell(metrics['dae'], 'mse', '.5f')} |" in text
+    assert f"{N_TEST} test images" in text
+    for key in ("report_mse_vs_noise", "report_per_digit", "report_perception"):
+        assert REPORT[key].read_bytes()[:8] == PNG
+        assert f"({REPORT[key].name})" in text  # linked beside the page
+    for key in ("denoised", "worst", "latent", "prior_samples"):
+        assert f"(../{PLOTS[key]})" in text
     assert temporaries(project) == []
 
 

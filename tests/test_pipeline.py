@@ -78,15 +78,17 @@ def status(repo: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def resolved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """{stage: {"cmd", "deps", "outs"}} as DVC resolves dvc.yaml (matrix, ${paths.*}), read
-    in a folder holding only dvc.yaml and params.yaml."""
+    """{stage: {"cmd", "deps", "outs"}} as DVC resolves dvc.yaml and study/dvc.yaml (matrix,
+    ${paths.*}; the study's stages as `study/dvc.yaml:<name>`), read in a folder holding only
+    those and their params files."""
     folder = tmp_path_factory.mktemp("resolved")
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", "study/dvc.yaml", "study/params.yaml"):
+        (folder / name).parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, folder / name)
     Repo.init(str(folder), no_scm=True)
-    with Repo(str(folder)) as repo:
+    with contextlib.chdir(folder), Repo(str(folder)) as repo:  # addressing is cwd-relative
         return {
-            s.name: {
+            s.addressing: {
                 "cmd": s.cmd,
                 "deps": [d.def_path for d in s.deps],
                 "outs": [o.def_path for o in s.outs],
@@ -120,7 +122,7 @@ def import_closure(script: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_the_stage_list_is_dvc_yaml_s_in_an_order_dvc_can_run(resolved) -> None:
-    assert list(resolved) == STAGES
+    assert [name for name in resolved if ":" not in name] == STAGES
     made_by = {out: name for name, stage in resolved.items() for out in stage["outs"]}
     for i, name in enumerate(STAGES):
         upstream = {made_by[dep] for dep in resolved[name]["deps"] if dep in made_by}
@@ -139,6 +141,17 @@ def test_each_stage_lists_exactly_the_result_bearing_modules_it_imports(resolved
         assert listed == import_closure(PACKAGE / f"{module[1]}.py"), name
 
 
+def test_no_default_stage_depends_on_a_study_output(resolved) -> None:
+    """Else `dvc repro` would run the whole study first (report/study.md is linked, not a dep)."""
+    study = [s for name, s in resolved.items() if name.startswith("study/")]
+    study_outs = {o for s in study for o in s["outs"]}
+    assert study_outs, "no study stages resolved"
+    for name in STAGES:
+        for dep in resolved[name]["deps"]:
+            clash = [o for o in study_outs if dep == o or f"{dep}/" in o or f"{o}/" in dep]
+            assert not clash, (name, dep, clash)
+
+
 def test_no_plumbing_module_imports_a_result_bearing_one() -> None:
     for path in [PACKAGE / "__init__.py", *sorted((PACKAGE / "plumbing").glob("*.py"))]:
         assert imported(path) == set(), path.relative_to(ROOT)
@@ -148,6 +161,7 @@ def test_no_plumbing_module_imports_a_result_bearing_one() -> None:
 
 
 @e2e
+@pytest.mark.smoke
 def test_repro_writes_metrics_plots_and_models(reproduced: Path) -> None:
     metrics = json.loads((reproduced / METRICS).read_text())
     for method in ("noisy", "blur", "dae", "vae"):
@@ -178,14 +192,14 @@ def test_noop_repro_runs_nothing(reproduced_copy: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [  # the README's table (The pipeline); values differ from TINY's
-        ({"vae.latent_dim": 2}, ["train@vae", "evaluate", "plot"]),
-        ({"dae.lr": 0.001}, ["train@dae", "evaluate", "plot"]),
-        ({"dae.fresh_noise": False}, ["train@dae", "evaluate", "plot"]),
-        ({"dae.channels": 6}, ["train@dae", "evaluate", "plot"]),
+        ({"vae.latent_dim": 2}, ["train@vae", "evaluate", "plot", "report"]),
+        ({"dae.lr": 0.001}, ["train@dae", "evaluate", "plot", "report"]),
+        ({"dae.fresh_noise": False}, ["train@dae", "evaluate", "plot", "report"]),
+        ({"dae.channels": 6}, ["train@dae", "evaluate", "plot", "report"]),
         ({"noise.std": 0.3}, [s for s in STAGES if s not in ("validate", "download")]),
-        ({"evaluate.blur_sigma": 2.0}, ["evaluate", "plot"]),
-        ({"classifier.epochs": 2}, ["classifier", "evaluate", "plot"]),
-        ({"plot.n_digits": 5}, ["plot"]),
+        ({"evaluate.blur_sigma": 2.0}, ["evaluate", "report"]),
+        ({"classifier.epochs": 2}, ["classifier", "evaluate", "report"]),
+        ({"plot.n_digits": 5}, ["plot", "report"]),
     ],
 )
 def test_a_param_change_reruns_exactly_its_stages(reproduced_copy, change, expected) -> None:
@@ -210,7 +224,7 @@ def test_a_params_edit_that_changes_no_value_reruns_only_validate(reproduced_cop
     [
         ("plumbing/cli.py", []),  # a docstring
         ("plumbing/config.py", []),
-        ("metrics.py", ["evaluate"]),  # a comment
+        ("metrics.py", ["evaluate", "plot"]),  # a comment: same outputs, so no `report`
         ("models.py", ["train@dae", "train@vae", "evaluate", "plot"]),
     ],
 )

@@ -12,25 +12,24 @@ import re
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from pipeline.report import METHODS, cell, headline
+from pipeline.report import METRICS as REPORT_METRICS
+from pipeline.study_report import findings
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CPU_METRICS = ROOT / "metrics" / "test.json"  # the committed default run
 GPU_METRICS = ROOT / "results" / "gpu-h100" / "test.json"  # the GPU configuration's run
+STUDY_SUMMARY = ROOT / "metrics" / "study" / "summary.json"  # the committed study run
+STUDY_CROSS = ROOT / "metrics" / "study" / "cross.csv"
 BEGIN = "<!-- results:begin (generated: python tests/test_readme.py --write) -->"
 END = "<!-- results:end -->"
 MAX_README_LINES = 200
 
-# (label, key in test.json); the order of the rows
-METHODS = [
-    ("clean images (the classifier's own accuracy)", "clean"),
-    ("noisy input (no denoising)", "noisy"),
-    ("Gaussian blur (`evaluate.blur_sigma`)", "blur"),
-    ("**DAE**", "dae"),
-    ("**VAE**", "vae"),
-    ("DAE minus VAE (paired)", "dae_minus_vae"),
-]
-# (metric, format): the digits shown; the GPU run has the first three only
-METRICS = [("mse", ".5f"), ("psnr", ".2f"), ("ssim", ".3f"), ("accuracy", ".2%"), ("fd", ".3f")]
+# the report page's rows and formats (pipeline/report.py), so both tables print alike
+METRICS = [(metric, fmt) for metric, _, fmt, _ in REPORT_METRICS]
 GPU_COLUMNS = METRICS[:3]
 HEADER = [
     "| method | MSE | PSNR (dB) | SSIM | read right | feature distance "
@@ -52,14 +51,12 @@ def render_table(cpu_path: Path = CPU_METRICS, gpu_path: Path = GPU_METRICS) -> 
     return HEADER + rows
 
 
-def cell(values: dict, metric: str, fmt: str) -> str:
-    """`mean [lo, hi]` (the 95% bootstrap interval) where the file has one, else the mean."""
-    if metric not in values:
-        return "-"
-    if f"{metric}_lo" not in values:
-        return f"{values[metric]:{fmt}}"
-    lo, hi = values[f"{metric}_lo"], values[f"{metric}_hi"]
-    return f"{values[metric]:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+def render_block() -> list[str]:
+    """The README's generated block: the table, the report's headline (from metrics/test.json)
+    and the study's findings (from its summary)."""
+    cpu = json.loads(CPU_METRICS.read_text())
+    study = json.loads(STUDY_SUMMARY.read_text())
+    return [*render_table(), "", *headline(cpu), *findings(study, pd.read_csv(STUDY_CROSS))]
 
 
 def readme_table(text: str) -> list[str]:
@@ -73,7 +70,7 @@ def write_table() -> None:
     text = README.read_text()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    README.write_text(head + BEGIN + "\n" + "\n".join(render_table()) + "\n" + END + tail)
+    README.write_text(head + BEGIN + "\n" + "\n".join(render_block()) + "\n" + END + tail)
 
 
 def user_pages() -> list[Path]:
@@ -89,10 +86,10 @@ def without_code(text: str) -> str:
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
-def test_results_table_matches_committed_metrics():
-    assert readme_table(README.read_text()) == render_table(), (
-        "README's results table differs from metrics/test.json or results/gpu-h100/test.json: "
-        "run `python tests/test_readme.py --write` and update the caption"
+def test_results_table_and_findings_match_committed_metrics():
+    assert readme_table(README.read_text()) == render_block(), (
+        "README's results differ from metrics/test.json, results/gpu-h100/test.json or "
+        "metrics/study/summary.json: run `python tests/test_readme.py --write`"
     )
 
 
@@ -153,4 +150,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
         write_table()
     else:
-        print("\n".join(render_table()))
+        print("\n".join(render_block()))

@@ -91,7 +91,7 @@ def run_fit(
     live_dir = tmp_path / f"live-{len(list(tmp_path.glob('live-*')))}"
     train, val = tiny_split(48, 0), tiny_split(20, 5)
     summary = fit(model, loss_fn, train, val, cfg, seed=seed, device=CPU, live_dir=live_dir,
-                  name=name, noise=noise)  # fmt: skip
+                  name=name, noise=noise and fresh_noise(noise, seed))  # fmt: skip
     return model, summary, live_dir
 
 
@@ -157,14 +157,24 @@ def test_fresh_noise_changes_what_is_learned(tmp_path: Path) -> None:
 
 def test_fresh_noise_is_seeded_by_seed_and_epoch() -> None:
     clean = tiny_split(8).clean
-    epoch0 = fresh_noise(clean, NOISE, seed=3, epoch=0)
+    epoch0 = fresh_noise(NOISE, seed=3)(clean, 0)
     assert epoch0.shape == clean.shape and epoch0.dtype == torch.float32
-    assert torch.equal(epoch0, fresh_noise(clean, NOISE, seed=3, epoch=0))
-    assert not torch.equal(epoch0, fresh_noise(clean, NOISE, seed=3, epoch=1))
-    assert not torch.equal(epoch0, fresh_noise(clean, NOISE, seed=4, epoch=0))
+    assert torch.equal(epoch0, fresh_noise(NOISE, seed=3)(clean, 0))
+    assert not torch.equal(epoch0, fresh_noise(NOISE, seed=3)(clean, 1))
+    assert not torch.equal(epoch0, fresh_noise(NOISE, seed=4)(clean, 0))
     assert epoch0.min() >= 0 and epoch0.max() <= 1  # noise.clip
     gen = torch.Generator().manual_seed(derive_seed(3, "train-noise", 0))
     assert torch.equal(epoch0, add_noise(clean, "gaussian", 0.5, True, gen))
+
+
+def test_blind_fresh_noise_draws_a_level_per_image_within_the_range() -> None:
+    clean = torch.full((400, 1, 28, 28), 0.5)
+    raw = NoiseParams(kind="gaussian", std=0.5, amount=0.2, clip=False)
+    noisy = fresh_noise(raw, seed=3, levels=(0.1, 0.9))(clean, 0)
+    stds = (noisy - clean).flatten(1).std(dim=1)
+    assert 0.08 < stds.min() < 0.2 and 0.8 < stds.max() < 0.95  # spread over the whole range
+    assert torch.equal(noisy, fresh_noise(raw, seed=3, levels=(0.1, 0.9))(clean, 0))
+    assert not torch.equal(noisy, fresh_noise(raw, seed=3, levels=(0.1, 0.9))(clean, 1))
 
 
 def test_derive_seed_separates_streams() -> None:

@@ -90,6 +90,10 @@ class NoiseParams(Section):
         """`amount` for salt-and-pepper noise, `std` for gaussian and speckle noise."""
         return self.amount if self.kind == "salt_pepper" else self.std
 
+    def at(self, level: float) -> NoiseParams:
+        """The same noise at another `level` (its `amount` or `std`, by kind)."""
+        return self.model_copy(update={"amount" if self.kind == "salt_pepper" else "std": level})
+
 
 class TrainParams(Section):
     """Optimisation settings shared by both models."""
@@ -148,6 +152,7 @@ class EvaluateParams(Section):
 
 class PlotParams(Section):
     n_digits: int = Field(gt=0, le=100)
+    n_worst: int = Field(gt=0, le=50)
     n_prior_samples: int = Field(gt=0, le=400)
 
 
@@ -167,8 +172,13 @@ class PathsParams(Section):
     robustness: RelPath
     vae_kl: RelPath
     denoised: RelPath
+    worst: RelPath
+    latent: RelPath
     prior_samples: RelPath
-    perception: RelPath
+    report: RelPath
+    report_mse_vs_noise: RelPath
+    report_per_digit: RelPath
+    report_perception: RelPath
 
 
 class Params(Section):
@@ -211,28 +221,28 @@ class Params(Section):
         return self
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read `path` as DVC does (YAML 1.2, see `pipeline.plumbing.yamlio`) and validate it; raise
-    :class:`ParamsError` naming every bad key."""
+def load_params(path: Path | str = PARAMS_FILE, schema: type[Section] = Params) -> Any:
+    """Read `path` as DVC does (YAML 1.2, see `pipeline.plumbing.yamlio`) and validate it with
+    `schema` (`Params`: the whole params.yaml); raise :class:`ParamsError` naming every bad key."""
     try:
         raw = read_yaml(path)
     except YAMLFileNotFoundError as e:
         raise ParamsError(f"{e} (run from the project root)") from None
     except YAMLFileError as e:
         raise ParamsError(str(e)) from None
-    return parse_params(raw, source=str(path))
+    return parse_params(raw, source=str(path), schema=schema)
 
 
-def parse_params(raw: Any, source: str = "params") -> Params:
+def parse_params(raw: Any, source: str = "params", schema: type[Section] = Params) -> Any:
     """Validate an already-parsed mapping (used by :func:`load_params` and tests)."""
     if raw is None:
         raise ParamsError(
-            f"{source} is empty: expected the sections {', '.join(Params.model_fields)}"
+            f"{source} is empty: expected the sections {', '.join(schema.model_fields)}"
         )
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as e:
-        problems = "\n".join(f"  - {describe(err, Params)}" for err in e.errors())
+        problems = "\n".join(f"  - {describe(err, schema)}" for err in e.errors())
         raise ParamsError(f"{source} has {e.error_count()} invalid value(s):\n{problems}") from None
