@@ -80,7 +80,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/python scripts/lock.py check
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/actionlint
-	$(BIN)/shellcheck scripts/*.sh .ci/run
+	$(BIN)/shellcheck scripts/*.sh bench/*.sh .ci/run
 
 bench: setup
 	$(BIN)/python -m bench.throughput

@@ -39,7 +39,7 @@ collect)
         names+=("study-seed-$seed")
     done
     dvc exp pull "$remote" "${names[@]}"
-    python scripts/study_collect.py "$@"
+    python "$(dirname "$0")/study_collect.py" "$@"
     # the slices' models and the MNIST files they were trained on (from the cache, else the
     # DVC remote), so that the entries are up to date
     dvc pull validate download study/dvc.yaml

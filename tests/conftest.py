@@ -28,7 +28,8 @@ from tests.helpers import (
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Own HOME, git identity and config, DVC config and site cache; analytics off."""
+    """Own HOME, git identity and config, DVC config and site cache; analytics off; no make
+    variables of the `make` that started pytest."""
     home = tmp_path_factory.mktemp("home")
     (home / ".gitconfig").write_text("")
     env = {
@@ -53,6 +54,8 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         for key, value in env.items():
             mp.setenv(key, value)
         mp.delenv("DVCLIVE_TEST", raising=False)
+        for key in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):  # `make test VENV=...`
+            mp.delenv(key, raising=False)  # would reach the Makefile dry runs of the tests
         yield
 
 

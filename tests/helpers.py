@@ -31,8 +31,6 @@ PROJECT_FILES = [
     "pipeline",
     "dvc.yaml",
     "params.yaml",
-    "study/dvc.yaml",
-    "study/params.yaml",
     "regression.yaml",
     ".dvc/config",
     ".dvcignore",
@@ -147,7 +145,6 @@ def new_project(
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     set_params(dest, {**TINY, **(params or {})})
-    set_params(dest, TINY_STUDY, "study/params.yaml")
     git(dest, "init", "-q", "-b", "main")
     folder, official = mirror
     if not official:
@@ -162,6 +159,16 @@ def new_project(
     git(dest, "add", "-A")
     git(dest, "commit", "-q", "-m", "tiny project")
     return dest
+
+
+def add_study(repo: Path) -> None:
+    """The noise-level study (study/dvc.yaml, study/params.yaml with TINY_STUDY) in `repo`.
+    Tiny projects leave it out otherwise: an unrun study would make a plain `dvc pull`,
+    `dvc checkout` or `dvc status` report its missing models."""
+    (repo / "study").mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(ROOT / "study" / name, repo / "study" / name)
+    set_params(repo, TINY_STUDY, "study/params.yaml")
 
 
 def repro(repo: Path, *args: str, mirror: Path | None = None, check: bool = True):

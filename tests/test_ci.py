@@ -310,7 +310,7 @@ def test_an_experiment_travels_through_the_git_and_dvc_remotes(committed, tmp_pa
     dvc(dev, "remote", "add", "-d", "store", str(store))
     git(dev, "commit", "-q", "-am", "a DVC remote")
     dvc(dev, "push")
-    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
     git(dev, "remote", "add", "origin", str(bare))
     git(dev, "push", "-q", "origin", "main")
     dvc(dev, "exp", "run", "-n", "slow-lr", "-S", "dae.lr=0.0005")

@@ -193,7 +193,15 @@ def test_both_models_are_dvc_artifacts_at_their_stage_outputs() -> None:
 
 
 @e2e
-def test_dvc_artifacts_get_fetches_the_committed_model(committed: Path, tmp_path: Path) -> None:
+def test_dvc_artifacts_get_fetches_a_registered_version(committed: Path, tmp_path: Path) -> None:
+    """A version is a git tag `<artifact>@v<semver>` (DVC's model registry, GTO's format);
+    `dvc artifacts get` downloads that commit's model from the DVC remote."""
+    repo = tmp_path / "repo"
+    shutil.copytree(committed, repo, symlinks=True)
+    dvc(repo, "remote", "add", "-d", "store", str(tmp_path / "store"))
+    git(repo, "commit", "-q", "-am", "a DVC remote")
+    dvc(repo, "push")
+    git(repo, "tag", "-a", "dae@v1.0.0", "-m", "Registering version v1.0.0 of dae")
     out = tmp_path / "fetched.pt"
-    dvc(tmp_path, "artifacts", "get", str(committed), "dae", "-o", str(out))
-    assert out.read_bytes() == (committed / "models/dae.pt").read_bytes()
+    dvc(tmp_path, "artifacts", "get", str(repo), "dae", "--rev", "v1.0.0", "-o", str(out))
+    assert out.read_bytes() == (repo / "models/dae.pt").read_bytes()

@@ -22,6 +22,7 @@ from tests.helpers import (
     ROOT,
     TINY_STUDY,
     VENV_BIN,
+    add_study,
     dvc,
     git,
     ran_stages,
@@ -154,10 +155,11 @@ def studied(reproduced: Path, tmp_path_factory: pytest.TempPathFactory, mnist_mi
     """A copy of the reproduced tiny project after `dvc repro study/dvc.yaml`."""
     repo = tmp_path_factory.mktemp("studied") / "repo"
     shutil.copytree(reproduced, repo, symlinks=True)
+    add_study(repo)
     ran = ran_stages(repro(repo, STUDY, mirror=mnist_mirror[0]).stdout)
     assert sorted(ran) == sorted(
-        [f"train@{k}-{lv}-{s}" for k in ("dae", "vae") for lv in (0.2, 0.6) for s in (1, 2)]
-        + ["blind@1", "blind@2", "summarize"]
+        [f"{STUDY}:train@{k}-{lv}-{s}" for k in ("dae", "vae") for lv in (0.2, 0.6) for s in (1, 2)]
+        + [f"{STUDY}:blind@1", f"{STUDY}:blind@2", f"{STUDY}:summarize"]
     )
     return repo
 
@@ -190,8 +192,8 @@ def test_the_study_writes_every_run_a_summary_and_its_page(studied: Path) -> Non
 def test_adding_a_level_runs_only_its_entries_and_the_summary(studied_copy: Path) -> None:
     set_params(studied_copy, {"study.levels": [0.2, 0.6, 0.9]}, "study/params.yaml")
     ran = ran_stages(repro(studied_copy, STUDY).stdout)
-    new = [f"train@{k}-0.9-{s}" for k in ("dae", "vae") for s in (1, 2)]
-    assert sorted(ran) == sorted([*new, "summarize"])
+    new = [f"{STUDY}:train@{k}-0.9-{s}" for k in ("dae", "vae") for s in (1, 2)]
+    assert sorted(ran) == sorted([*new, f"{STUDY}:summarize"])
     summary = json.loads((studied_copy / "metrics/study/summary.json").read_text())
     assert set(summary["dae"]) == {"0.2", "0.6", "0.9"}
 
@@ -224,10 +226,12 @@ def test_slices_run_apart_and_collected_give_the_one_machine_study(
     only `summarize` ran in the collecting clone."""
     dev, bare, store = tmp_path / "dev", tmp_path / "origin.git", tmp_path / "store"
     shutil.copytree(committed, dev, symlinks=True)
+    add_study(dev)
     dvc(dev, "remote", "add", "-d", "store", str(store))
-    git(dev, "commit", "-q", "-am", "a DVC remote")
+    git(dev, "add", "-A")
+    git(dev, "commit", "-q", "-m", "the study, a DVC remote")
     dvc(dev, "push")
-    git(tmp_path, "init", "-q", "--bare", str(bare))
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
     git(dev, "remote", "add", "origin", str(bare))
     git(dev, "push", "-q", "origin", "main")
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -237,7 +241,7 @@ def test_slices_run_apart_and_collected_give_the_one_machine_study(
     git(tmp_path, "clone", "-q", str(bare), "collect")
     collect = tmp_path / "collect"
     proc = run(["bash", str(SLICES), "collect", "1", "2"], collect, env=env)
-    assert ran_stages(proc.stdout) == ["summarize"]
+    assert ran_stages(proc.stdout) == [f"{STUDY}:summarize"]
     cfg = study_cfg()
     runs = [Path(cfg.outputs.runs) / f"{name}.json" for name in run_names(cfg)]
     for path in [*runs, Path(cfg.outputs.summary)]:
