@@ -1,7 +1,7 @@
 # One command each: `make repro` sets up and runs the pipeline, `make test` sets up and tests.
 # Python 3.11, 3.12 or 3.13: `make setup PYTHON=python3.12` (default: the venv's own Python,
-# else python3). A venv of another Python version is recreated. VENV: where it goes.
-# (VENV: only from the command line; make exports it, so an environment VENV is ignored)
+# else python3). A venv of another Python version is recreated. VENV=.venv-3.12: where it goes
+# (from the command line only: an environment variable VENV is ignored).
 VENV := .venv
 PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 BIN := $(VENV)/bin
