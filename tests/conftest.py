@@ -21,6 +21,7 @@ from tests.helpers import (
     VENV_BIN,
     git,
     new_project,
+    private_copy,
     repro,
     synthetic_mnist,
 )
@@ -91,9 +92,7 @@ def committed(reproduced: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture
 def reproduced_copy(reproduced: Path, tmp_path: Path) -> Path:
     """A private copy of :func:`reproduced` (git history and DVC cache included)."""
-    dest = tmp_path / "repo"
-    shutil.copytree(reproduced, dest, symlinks=True)
-    return dest
+    return private_copy(reproduced, tmp_path)
 
 
 @pytest.fixture

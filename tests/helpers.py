@@ -161,6 +161,13 @@ def new_project(
     return dest
 
 
+def private_copy(repo: Path, tmp_path: Path) -> Path:
+    """A copy of a shared tiny project (git history and DVC cache included) to change freely."""
+    dest = tmp_path / "repo"
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
+
+
 def add_study(repo: Path) -> None:
     """The noise-level study (study/dvc.yaml, study/params.yaml with TINY_STUDY) in `repo`.
     Tiny projects leave it out otherwise: an unrun study would make a plain `dvc pull`,

@@ -25,6 +25,7 @@ from tests.helpers import (
     add_study,
     dvc,
     git,
+    private_copy,
     ran_stages,
     repro,
     run,
@@ -166,9 +167,8 @@ def studied(reproduced: Path, tmp_path_factory: pytest.TempPathFactory, mnist_mi
 
 @pytest.fixture
 def studied_copy(studied: Path, tmp_path: Path) -> Path:
-    dest = tmp_path / "repo"
-    shutil.copytree(studied, dest, symlinks=True)
-    return dest
+    """A private copy of :func:`studied`."""
+    return private_copy(studied, tmp_path)
 
 
 @e2e
