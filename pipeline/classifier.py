@@ -8,7 +8,7 @@ digits are still readable (accuracy) and how real they look (Fréchet distance o
 from pathlib import Path
 
 from pipeline.data import load_split
-from pipeline.judge import Classifier, correct, save_classifier, train_classifier
+from pipeline.judge import Classifier, correct, features, save_classifier, train_classifier
 from pipeline.plumbing.cli import stage
 from pipeline.plumbing.config import load_params
 from pipeline.plumbing.publish import publish
@@ -30,7 +30,7 @@ def main() -> None:
         train_classifier(model, train.clean, train.labels, epochs=cfg.epochs,
                          batch_size=cfg.batch_size, lr=cfg.lr,
                          order=generator(params.seed, "batch-order", "classifier"))  # fmt: skip
-        accuracy = float(correct(model, val.clean, val.labels, 1000).mean())
+        accuracy = float(correct(model, features(model, val.clean), val.labels).mean())
         save_classifier(model.cpu(), out.model)
     print(f"classifier: validation accuracy {accuracy:.4f} -> {target}")
 

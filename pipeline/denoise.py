@@ -43,7 +43,7 @@ def main(inputs: list[Path], model: str, rev: str | None, out: Path) -> None:
     images, names = read_inputs(inputs)
     check_out(out)
     net = load_denoiser(model, rev)
-    denoised = denoise_all(net, images, 1000)[:, 0]
+    denoised = denoise_all(net, images)[:, 0]
     if out.suffix == ".npy":
         with publish("denoise", files={"out": out}) as tmp:
             np.save(tmp.out, denoised.numpy().astype(np.float32))

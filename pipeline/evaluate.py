@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from pipeline.data import Split, add_noise, load_split
-from pipeline.judge import Classifier, correct, feature_distance, load_classifier
+from pipeline.judge import Classifier, correct, feature_distance, features, load_classifier
 from pipeline.metrics import (
     blur_baseline,
     bootstrap_indices,
@@ -83,14 +83,16 @@ def evaluate(
 
     outputs = {name: denoise_all(fn, test.noisy, cfg.batch_size) for name, fn in methods.items()}
     scores = {name: per_image(out, test.clean) for name, out in outputs.items()}
-    for name, out in outputs.items():
-        scores[name]["accuracy"] = correct(judge, out, test.labels, cfg.batch_size)
+    feats = {name: features(judge, images, cfg.batch_size)
+             for name, images in {"clean": test.clean, **outputs}.items()}  # fmt: skip
+    for name in outputs:
+        scores[name]["accuracy"] = correct(judge, feats[name], test.labels)
     gen = generator(params.seed, "bootstrap")
     rows = bootstrap_indices(len(test), cfg.bootstrap_resamples, gen)
     summary = {name: with_interval(values, rows) for name, values in scores.items()}
-    for name, out in outputs.items():
-        summary[name]["fd"] = feature_distance(judge, test.clean, out, cfg.batch_size)
-    clean = {"accuracy": correct(judge, test.clean, test.labels, cfg.batch_size)}
+    for name in outputs:
+        summary[name]["fd"] = feature_distance(feats["clean"], feats[name])
+    clean = {"accuracy": correct(judge, feats["clean"], test.labels)}
     summary["clean"] = with_interval(clean, rows)
     paired = {k: scores["dae"][k] - scores["vae"][k] for k in scores["dae"]}
     summary["dae_minus_vae"] = with_interval(paired, rows)

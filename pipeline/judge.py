@@ -18,6 +18,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from pipeline.plumbing import tensorfile
 from pipeline.plumbing.errors import PipelineError
+from pipeline.runtime import INFERENCE_BATCH
 
 MAX_BYTES = 2**26  # the largest classifier the params bounds allow is far smaller
 
@@ -80,29 +81,36 @@ def train_classifier(
 
 
 @torch.no_grad()
-def correct(
-    model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch: int
-) -> torch.Tensor:
-    """1.0 where the classifier reads the digit right, else 0.0 (one value per image)."""
-    preds = torch.cat(
-        [model.logits(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)]
-    )
-    return (preds == labels).double()
+def features(model: Classifier, images: torch.Tensor, batch: int = INFERENCE_BATCH) -> torch.Tensor:
+    """The classifier's penultimate-layer features of `images` (N x features), in batches:
+    computed once per set of images, for both the accuracy and the distance."""
+    return torch.cat([model(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 @torch.no_grad()
-def feature_distance(
-    model: Classifier, clean: torch.Tensor, outputs: torch.Tensor, batch: int
-) -> float:
-    """Fréchet distance between the classifier's features of `outputs` and of `clean`."""
-    fid = FrechetInceptionDistance(feature=model, normalize=True).to(clean.device)
-    for i in range(0, len(clean), batch):
-        fid.update(clean[i : i + batch], real=True)
-        fid.update(outputs[i : i + batch], real=False)
-    sums = (fid.real_features_sum, fid.real_features_cov_sum, fid.fake_features_sum,
-            fid.fake_features_cov_sum)  # fmt: skip
-    if not all(bool(torch.isfinite(t).all()) for t in sums):  # LAPACK can crash on NaN
-        return math.nan  # refused by evaluate, naming the model
+def correct(model: Classifier, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1.0 where the classifier, from the :func:`features` of an image, reads its digit right,
+    else 0.0 (one value per image)."""
+    return (model.head(feats).argmax(1) == labels).double()
+
+
+class _Given(nn.Identity):
+    """torchmetrics' Fréchet distance runs its feature extractor itself; this one passes the
+    :func:`features` already computed through, so no image goes through the classifier twice."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+
+def feature_distance(clean_feats: torch.Tensor, out_feats: torch.Tensor) -> float:
+    """Fréchet distance between the classifier's features of a method's outputs and of the
+    clean images (NaN when a feature is not finite)."""
+    if not (bool(torch.isfinite(clean_feats).all()) and bool(torch.isfinite(out_feats).all())):
+        return math.nan  # LAPACK can crash on NaN; refused by evaluate, naming the model
+    fid = FrechetInceptionDistance(feature=_Given(clean_feats.shape[1])).to(clean_feats.device)
+    fid.update(clean_feats, real=True)
+    fid.update(out_feats, real=False)
     return float(fid.compute())
 
 
@@ -135,4 +143,4 @@ def load_classifier(path: Path) -> Classifier:
     }:
         raise PipelineError(f"{path}: its tensors do not match its classifier spec; {hint}")
     model.load_state_dict(state)
-    return model.eval()
+    return model.eval().to(memory_format=torch.channels_last)  # as trained: 2-3x faster on a CPU

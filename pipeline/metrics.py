@@ -13,6 +13,8 @@ from torchmetrics.functional.image import (
 )
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from pipeline.runtime import INFERENCE_BATCH
+
 Denoise = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -31,11 +33,6 @@ def per_image(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tenso
         ),
         "ssim": structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none"),
     }
-
-
-def image_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """The mean of each :func:`per_image` metric."""
-    return {name: float(v.mean()) for name, v in per_image(pred, target).items()}
 
 
 def bootstrap_indices(n: int, resamples: int, gen: torch.Generator) -> torch.Tensor:
@@ -79,6 +76,8 @@ def blur_baseline(sigma: float) -> Denoise:
 
 
 @torch.no_grad()
-def denoise_all(fn: Denoise, noisy: torch.Tensor, batch_size: int) -> torch.Tensor:
+def denoise_all(
+    fn: Denoise, noisy: torch.Tensor, batch_size: int = INFERENCE_BATCH
+) -> torch.Tensor:
     """Apply `fn` to `noisy` in batches (bounded memory), returning one tensor."""
     return torch.cat([fn(noisy[i : i + batch_size]) for i in range(0, len(noisy), batch_size)])

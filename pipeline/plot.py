@@ -56,12 +56,10 @@ def draw(params: Params) -> dict[str, Figure]:
         z = torch.randn(params.plot.n_prior_samples, vae.latent_dim, generator=gen)
         prior = torch.sigmoid(vae.decode_logits(z))
         outputs = {
-            "DAE": denoise_all(dae, test.noisy, 1000),
-            "VAE": denoise_all(vae, test.noisy, 1000),
+            "DAE": denoise_all(dae, test.noisy),
+            "VAE": denoise_all(vae, test.noisy),
         }
-        means = torch.cat(
-            [vae.encode(test.noisy[i : i + 1000])[0] for i in range(0, len(test), 1000)]
-        )
+        means = denoise_all(lambda x: vae.encode(x)[0], test.noisy)
     noise = f"{params.noise.kind} noise, level {params.noise.level}"
     side = max(1, int(len(prior) ** 0.5))
     return {

@@ -78,7 +78,7 @@ def test_metrics(net, params, study, seed: int, device: torch.device) -> dict[st
     for level in study.test_levels:
         gen = generator(seed, "study-test", level)
         noisy = add_noise(clean, params.noise.kind, level, params.noise.clip, gen)
-        out = denoise_all(net, noisy.to(device), 1000).cpu()
+        out = denoise_all(net, noisy.to(device)).cpu()
         scores = {k: float(v.mean()) for k, v in per_image(out, clean).items()}
         results[str(level)] = scores | {"input_mse": float(torch.mean((noisy - clean) ** 2))}
     return results

@@ -20,10 +20,9 @@ from pipeline.data import Split, add_noise
 from pipeline.plumbing.config import NoiseParams, TrainParams
 from pipeline.plumbing.errors import PipelineError
 from pipeline.registry import LossFn
-from pipeline.runtime import generator
+from pipeline.runtime import INFERENCE_BATCH, generator
 
 NoiseFn = Callable[[torch.Tensor, int | str], torch.Tensor]  # (clean, epoch or stream) -> noisy
-VAL_BATCH = 1000  # validation runs without gradients: large batches, few steps
 
 
 def fit(
@@ -162,9 +161,9 @@ def validate(
     """Mean loss terms and MSE of `model(noisy)` against clean over `split` (one host sync)."""
     model.eval()
     totals: dict[str, torch.Tensor] = {}
-    for start in range(0, len(split), VAL_BATCH):
-        noisy = split.noisy[start : start + VAL_BATCH]
-        clean = split.clean[start : start + VAL_BATCH]
+    for start in range(0, len(split), INFERENCE_BATCH):
+        noisy = split.noisy[start : start + INFERENCE_BATCH]
+        clean = split.clean[start : start + INFERENCE_BATCH]
         loss, terms = loss_fn(model, noisy, clean, epochs_done)
         mse = torch.mean((model(noisy).float() - clean) ** 2)
         for key, value in {"loss": loss, **terms, "mse": mse}.items():

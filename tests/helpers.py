@@ -168,6 +168,21 @@ def private_copy(repo: Path, tmp_path: Path) -> Path:
     return dest
 
 
+def share(repo: Path, root: Path, message: str) -> Path:
+    """What a team's project has: `repo`'s changes committed with a local DVC remote
+    (`root/store`, the default, holding every output) and pushed to a bare git origin
+    (`root/origin.git`, branch main). Returns the origin, to clone as a teammate would."""
+    dvc(repo, "remote", "add", "-d", "store", str(root / "store"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    dvc(repo, "push")
+    bare = root / "origin.git"
+    git(root, "init", "-q", "--bare", "-b", "main", str(bare))
+    git(repo, "remote", "add", "origin", str(bare))
+    git(repo, "push", "-q", "origin", "main")
+    return bare
+
+
 def add_study(repo: Path) -> None:
     """The noise-level study (study/dvc.yaml, study/params.yaml with TINY_STUDY) in `repo`.
     Tiny projects leave it out otherwise: an unrun study would make a plain `dvc pull`,

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from pipeline.plumbing.yamlio import read_yaml
-from tests.helpers import ROOT, VENV_BIN, dvc, git, ran_stages, repro, run, set_params
+from tests.helpers import ROOT, VENV_BIN, dvc, git, ran_stages, repro, run, set_params, share
 
 e2e = pytest.mark.e2e
 WORKFLOW = ROOT / ".github" / "workflows" / "pr.yml"
@@ -180,21 +180,16 @@ def origin(committed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """A bare "GitHub" origin holding main (reproduced results, pushed to a local DVC remote)
     and a pull-request branch that changed `evaluate.blur_sigma`, reproduced and pushed."""
     root = tmp_path_factory.mktemp("compare")
-    repo, bare, store = root / "dev", root / "origin.git", root / "dvc-store"
+    repo = root / "dev"
     shutil.copytree(committed, repo, symlinks=True)
-    dvc(repo, "remote", "add", "-d", "store", str(store))
-    git(repo, "commit", "-q", "-am", "local DVC remote")
-    dvc(repo, "push")
-    git(root, "init", "-q", "--bare", str(bare))
-    git(repo, "remote", "add", "origin", str(bare))
-    git(repo, "push", "-q", "origin", "main")
+    bare = share(repo, root, "local DVC remote")
     git(repo, "checkout", "-q", "-b", BRANCH)
     set_params(repo, {"evaluate.blur_sigma": 2.0})
     assert ran_stages(dvc(repo, "repro").stdout) == ["validate", "evaluate", "report"]
     git(repo, "commit", "-q", "-am", "blur sigma 2")
     dvc(repo, "push")
     git(repo, "push", "-q", "origin", BRANCH)
-    return {"dev": repo, "bare": bare, "store": store}
+    return {"dev": repo, "bare": bare}
 
 
 def ci_checkout(origin: dict[str, Path], dest: Path) -> Path:
@@ -305,14 +300,9 @@ def test_push_clone_pull_through_a_local_remote(committed: Path, tmp_path: Path)
 def test_an_experiment_travels_through_the_git_and_dvc_remotes(committed, tmp_path) -> None:
     """One clone runs an experiment and `dvc exp push`es it; a second clone `dvc exp pull`s it
     and applies it: the same metrics and model, nothing recomputed."""
-    dev, bare, store = tmp_path / "dev", tmp_path / "origin.git", tmp_path / "store"
+    dev = tmp_path / "dev"
     shutil.copytree(committed, dev, symlinks=True)
-    dvc(dev, "remote", "add", "-d", "store", str(store))
-    git(dev, "commit", "-q", "-am", "a DVC remote")
-    dvc(dev, "push")
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
-    git(dev, "remote", "add", "origin", str(bare))
-    git(dev, "push", "-q", "origin", "main")
+    bare = share(dev, tmp_path, "a DVC remote")
     dvc(dev, "exp", "run", "-n", "slow-lr", "-S", "dae.lr=0.0005")
     dvc(dev, "exp", "push", "origin", "slow-lr")  # its git ref, and its outputs to `store`
 

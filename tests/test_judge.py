@@ -13,6 +13,7 @@ from pipeline.judge import (
     Classifier,
     correct,
     feature_distance,
+    features,
     load_classifier,
     save_classifier,
     train_classifier,
@@ -39,7 +40,7 @@ def test_the_classifier_learns_digits_it_can_tell_apart(capsys) -> None:
     model = Classifier(channels=4, features=16)
     train_classifier(model, x, labels, epochs=30, batch_size=50, lr=0.01,
                      order=torch.Generator().manual_seed(0))  # fmt: skip
-    assert correct(model, x, labels, 100).mean() == 1.0
+    assert correct(model, features(model, x, 100), labels).mean() == 1.0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 30 and lines[0].startswith("classifier epoch 1/30: train loss ")
 
@@ -50,7 +51,8 @@ def test_the_feature_distance_is_zero_for_the_clean_images_and_grows_with_noise(
     clean, _ = images(300, seed=1)
     gen = torch.Generator().manual_seed(2)
     noise = torch.randn(clean.shape, generator=gen)
-    distances = [feature_distance(model, clean, (clean + s * noise).clamp(0, 1), 100)
+    reference = features(model, clean, 100)
+    distances = [feature_distance(reference, features(model, (clean + s * noise).clamp(0, 1), 100))
                  for s in (0.0, 0.2, 0.6)]  # fmt: skip
     assert distances[0] == pytest.approx(0, abs=1e-6)
     assert distances[0] < distances[1] < distances[2]
@@ -61,7 +63,10 @@ def test_a_saved_classifier_loads_back_the_same(tmp_path: Path) -> None:
     model = Classifier(channels=4, features=16).eval()
     save_classifier(model, tmp_path / "classifier.pt")
     again = load_classifier(tmp_path / "classifier.pt")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
     x, _ = images(8, seed=3)
+    model.to(memory_format=torch.channels_last)  # as loaded: the same kernels, the same values
     assert torch.equal(model.logits(x), again.logits(x))
 
 

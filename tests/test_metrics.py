@@ -7,12 +7,17 @@ import math
 import pytest
 import torch
 
-from pipeline.metrics import blur_baseline, denoise_all, image_metrics, mse, per_class_mse
+from pipeline.metrics import blur_baseline, denoise_all, mse, per_class_mse, per_image
 
 
 def images(n: int = 6, seed: int = 0) -> torch.Tensor:
     """N x 1 x 28 x 28 images in [0.2, 0.8], so that an offset of up to 0.2 stays in [0, 1]."""
     return 0.2 + 0.6 * torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def image_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """The test metrics: the mean of each per-image metric."""
+    return {name: float(v.mean()) for name, v in per_image(pred, target).items()}
 
 
 def test_mse_of_identical_images_is_zero() -> None:

@@ -276,7 +276,9 @@ def test_every_bad_value_is_reported_at_once() -> None:
 def test_yaml_nan_and_inf_from_a_file_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(
-        DEFAULT_TEXT.replace("std: 0.5 ", "std: .nan ").replace("lr: 0.003", "lr: .inf")
+        DEFAULT_TEXT.replace("std: 0.5 ", "std: .nan ")
+        .replace("lr: 0.003", "lr: .inf")
+        .replace("lr: 0.004", "lr: .inf")
     )
     message = load_refusal(path)
     assert "noise.std: Input should be a finite number (got NaN)" in message

@@ -31,6 +31,7 @@ from tests.helpers import (
     run,
     set_dotted,
     set_params,
+    share,
 )
 
 e2e = pytest.mark.e2e
@@ -224,16 +225,10 @@ def test_slices_run_apart_and_collected_give_the_one_machine_study(
     """scripts/study_slices.sh: two clones each run one seed's slice and push it as an
     experiment; a third collects both. Its runs and summary equal the study run in one go, and
     only `summarize` ran in the collecting clone."""
-    dev, bare, store = tmp_path / "dev", tmp_path / "origin.git", tmp_path / "store"
+    dev = tmp_path / "dev"
     shutil.copytree(committed, dev, symlinks=True)
     add_study(dev)
-    dvc(dev, "remote", "add", "-d", "store", str(store))
-    git(dev, "add", "-A")
-    git(dev, "commit", "-q", "-m", "the study, a DVC remote")
-    dvc(dev, "push")
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
-    git(dev, "remote", "add", "origin", str(bare))
-    git(dev, "push", "-q", "origin", "main")
+    bare = share(dev, tmp_path, "the study, a DVC remote")
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     for seed in (1, 2):  # two machines
         git(tmp_path, "clone", "-q", str(bare), f"slice-{seed}")

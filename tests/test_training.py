@@ -267,7 +267,7 @@ def test_validate_averages_over_batches(monkeypatch: pytest.MonkeyPatch) -> None
     model = build("dae", dae_cfg())
     split = tiny_split(23)
     whole = validate(model, dae_loss, split, 1)
-    monkeypatch.setattr(training, "VAL_BATCH", 5)  # 5 batches, the last one of 3
+    monkeypatch.setattr(training, "INFERENCE_BATCH", 5)  # 5 batches, the last one of 3
     batched = validate(model, dae_loss, split, 1)
     assert set(batched) == {"loss", "mse"} and not model.training
     assert batched == pytest.approx(whole, rel=1e-5)
