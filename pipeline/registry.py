@@ -148,4 +148,4 @@ def load_model(path: Path, kind: str) -> Denoiser:
             model.eval()(torch.zeros(1, 1, 28, 28))
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
         raise PipelineError(f"{path} is not a valid model file ({e}); {hint}") from e
-    return model.eval().to(memory_format=torch.channels_last)  # as trained: 1.4-2x faster
+    return model.eval().to(memory_format=torch.channels_last)  # as trained: faster on a CPU

@@ -11,8 +11,8 @@ import torch
 
 from pipeline.plumbing.errors import PipelineError
 
-# Images per forward pass without gradients (validation, tests, plots): the fastest measured on
-# 2 CPU cores in channels-last, 1.4-2x faster than 1,000 (docs/performance.md).
+# Images per forward pass without gradients (validation, plots, `denoise`): the fastest
+# measured on 2 CPU cores (docs/performance.md#inference-in-evaluate).
 INFERENCE_BATCH = 250
 
 

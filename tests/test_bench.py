@@ -173,3 +173,14 @@ def test_step_variants_times_every_variant(monkeypatch, capsys) -> None:
                                 "--noise-images", "10"])  # fmt: skip
     assert list(rates) == list(step_variants.VARIANTS) and all(r > 0 for r in rates.values())
     assert "fresh noise for 10 images" in capsys.readouterr().out
+
+
+def test_inference_times_every_network_layout_and_batch_size(monkeypatch, capsys) -> None:
+    from bench import inference
+
+    monkeypatch.chdir(ROOT)  # the default params.yaml's networks
+    rates = inference.main(["--images", "8", "--rounds", "1", "--batch-sizes", "4", "8"])
+    expected = [(net, layout, batch) for net in ("dae", "vae", "classifier")
+                for layout in inference.LAYOUTS for batch in (4, 8)]  # fmt: skip
+    assert list(rates) == expected and all(r > 0 for r in rates.values())
+    assert "classifier channels-last batch     8: " in capsys.readouterr().out
