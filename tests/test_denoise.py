@@ -23,10 +23,12 @@ from tests.helpers import (
     VENV_BIN,
     dvc,
     git,
+    private_copy,
     repro,
     run,
     run_main,
     set_params,
+    share,
     tiny_images,
     write_params,
 )
@@ -157,8 +159,7 @@ def test_a_folder_with_files_is_not_overwritten(folder: Path, capsys) -> None:
 def test_rev_uses_the_model_committed_at_that_revision(committed: Path, tmp_path: Path) -> None:
     """Two commits with different DAEs: `--rev HEAD~1` gives the first's output, no --rev the
     workspace's (the second)."""
-    repo = tmp_path / "repo"
-    shutil.copytree(committed, repo, symlinks=True)
+    repo = private_copy(committed, tmp_path)
     old = tmp_path / "old-dae.pt"
     shutil.copy(repo / "models/dae.pt", old)
     set_params(repo, {"dae.lr": 0.0005})
@@ -196,11 +197,8 @@ def test_both_models_are_dvc_artifacts_at_their_stage_outputs() -> None:
 def test_dvc_artifacts_get_fetches_a_registered_version(committed: Path, tmp_path: Path) -> None:
     """A version is a git tag `<artifact>@v<semver>` (DVC's model registry, GTO's format);
     `dvc artifacts get` downloads that commit's model from the DVC remote."""
-    repo = tmp_path / "repo"
-    shutil.copytree(committed, repo, symlinks=True)
-    dvc(repo, "remote", "add", "-d", "store", str(tmp_path / "store"))
-    git(repo, "commit", "-q", "-am", "a DVC remote")
-    dvc(repo, "push")
+    repo = private_copy(committed, tmp_path)
+    share(repo, tmp_path, "a DVC remote")
     git(repo, "tag", "-a", "dae@v1.0.0", "-m", "Registering version v1.0.0 of dae")
     out = tmp_path / "fetched.pt"
     dvc(tmp_path, "artifacts", "get", str(repo), "dae", "--rev", "v1.0.0", "-o", str(out))

@@ -16,9 +16,10 @@ import torch
 from matplotlib.figure import Figure
 
 from pipeline import classifier, evaluate, plot, report, train
-from pipeline.data import load_split
-from pipeline.judge import load_classifier
-from pipeline.plumbing.config import load_params, parse_params
+from pipeline.data import Split, load_split
+from pipeline.judge import Classifier, load_classifier
+from pipeline.models import Denoiser
+from pipeline.plumbing.config import Params, load_params, parse_params
 from pipeline.plumbing.errors import PipelineError
 from pipeline.registry import load_model, lookup, save_model
 from tests.helpers import (
@@ -78,11 +79,15 @@ def project(evaluated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     return dest
 
 
-def test_evaluate_returns_every_output_by_its_paths_key(project: Path) -> None:
-    params = load_params()
-    test = load_split(NOISY / "test.pt")
+def evaluate_inputs() -> tuple[Params, Split, Denoiser, Denoiser, Classifier]:
+    """What `evaluate.evaluate` takes, as the stage loads it from the working folder."""
     dae, vae = load_model(MODELS / "dae.pt", "dae"), load_model(MODELS / "vae.pt", "vae")
     judge = load_classifier(MODELS / "classifier.pt")
+    return load_params(), load_split(NOISY / "test.pt"), dae, vae, judge
+
+
+def test_evaluate_returns_every_output_by_its_paths_key(project: Path) -> None:
+    params, test, dae, vae, judge = evaluate_inputs()
     outputs = evaluate.evaluate(params, dae, vae, judge, test, CPU)
     assert list(outputs) == list(METRICS)
 
@@ -124,10 +129,7 @@ def test_evaluate_puts_each_set_of_images_through_the_classifier_once(
     """Accuracy and feature distance share one pass of the clean images and of each method's
     outputs (the classifier was a third of evaluate's time when each ran its own), and the
     accuracy is still the classifier's reading of the outputs."""
-    params = load_params()
-    test = load_split(NOISY / "test.pt")
-    dae, vae = load_model(MODELS / "dae.pt", "dae"), load_model(MODELS / "vae.pt", "vae")
-    judge = load_classifier(MODELS / "classifier.pt")
+    params, test, dae, vae, judge = evaluate_inputs()
     seen: list[int] = []
     forward = judge.forward
     monkeypatch.setattr(judge, "forward", lambda x: (seen.append(len(x)), forward(x))[1])
